@@ -1,0 +1,3 @@
+from animeprov.cli import main
+
+main()

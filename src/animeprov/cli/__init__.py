@@ -1,0 +1,19 @@
+"""The `animeprov` command line: thin Typer commands that call the library modules."""
+
+from __future__ import annotations
+
+import typer
+
+from animeprov.cli.data import data_app
+
+app = typer.Typer(
+    name="animeprov",
+    help="Tell human-drawn from generated anime images, and which generator made them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data", help="Build data sets: synthetic benchmark, index, split.")
+
+
+def main() -> None:
+    app()

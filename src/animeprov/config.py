@@ -1,0 +1,50 @@
+"""Constants and the table of model variants: the one place other modules read them from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# log(|DCT| + LOG_EPS): ONE constant for training, evaluation and serving (GANDCTAnalysis used two).
+LOG_EPS = 1e-6
+
+# Decompression-bomb guard: images with more pixels than this are refused (PIL's own warning is ~89 MP).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+# Transparent pixels are composited on this colour before anything else sees them.
+DEFAULT_ALPHA_BACKGROUND = (255, 255, 255)
+
+# File extensions that batch commands pick up when walking folders.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".apng")
+
+# The class meaning "drawn by a person"; detection is P(generated) = 1 - P(HUMAN_CLASS).
+DEFAULT_HUMAN_CLASS = "human"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One of the paper's six models: a backbone, an input stem and whether CBAM masks the stem output."""
+
+    name: str
+    backbone: str  # "cnn" | "xception"
+    stem: str  # "pixel" | "dct"
+    attention: bool  # CBAM on the stem output (the paper's "Mask")
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    spec.name: spec
+    for spec in (
+        VariantSpec("cnn-pixel", "cnn", "pixel", False),
+        VariantSpec("cnn-dct", "cnn", "dct", False),
+        VariantSpec("cnn-dct-mask", "cnn", "dct", True),
+        VariantSpec("xception-pixel", "xception", "pixel", False),
+        VariantSpec("xception-dct", "xception", "dct", False),
+        VariantSpec("xception-dct-mask", "xception", "dct", True),
+    )
+}
+
+
+def get_variant(name: str) -> VariantSpec:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}") from None

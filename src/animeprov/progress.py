@@ -1,0 +1,34 @@
+"""Rich progress bars, configured once for every long-running command."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+# Progress and status go to stderr so that stdout stays clean for tables, CSV and JSON lines.
+console = Console(stderr=True)
+
+
+def progress_bar(*, transient: bool = False) -> Progress:
+    """A progress bar showing count, rate-friendly timings and a free-text field `info`.
+
+    Use `task = bar.add_task("indexing", total=n, info="")` and
+    `bar.update(task, advance=1, info="loss 0.12")`.
+    """
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=transient,
+    )
