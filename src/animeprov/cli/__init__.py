@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from animeprov.cli import model_commands
 from animeprov.cli.data import data_app
 
 app = typer.Typer(
@@ -13,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data", help="Build data sets: synthetic benchmark, index, split.")
+model_commands.register(app)
 
 
 def main() -> None:

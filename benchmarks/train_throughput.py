@@ -1,0 +1,173 @@
+"""Training throughput (images/s) of the six variants on this machine's CPU; prints JSON on stdout.
+
+One training step = forward (stem, CBAM, backbone) + cross-entropy + backward + Adam step on a batch of random
+[0, 1] images. Every configuration runs in its own subprocess so that its peak RSS and allocator state are its
+own. channels_last (what the engine uses) is measured against contiguous NCHW as the baseline, and, where
+available, each allocator setting is measured too:
+
+    default      glibc malloc as is
+    jemalloc     LD_PRELOAD of Debian's libjemalloc2 (only if installed) with decay disabled
+    glibc-thp    GLIBC_TUNABLES=glibc.malloc.hugetlb=1: transparent huge pages for large tensors, so each
+                 step's fresh multi-MB activations fault in 2 MiB pages instead of 4 KiB ones
+
+Examples:
+    python benchmarks/train_throughput.py
+    python benchmarks/train_throughput.py --variants cnn-dct-mask --sizes 256 512 --repeats 7
+    python benchmarks/train_throughput.py --variants cnn-dct-mask --mallocs default glibc-thp --formats channels_last
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+JEMALLOC_CONF = (
+    "oversize_threshold:0,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+)
+MALLOC_ENVS = {
+    "default": {},
+    "jemalloc": {"LD_PRELOAD": str(JEMALLOC), "MALLOC_CONF": JEMALLOC_CONF},
+    "glibc-thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+    "glibc-keep": {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"},
+    "glibc-thp-keep": {
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432"
+        ":glibc.malloc.trim_threshold=4294967296"
+    },
+}
+# Brief's targets (images/s, training, 2 CPU threads).
+TARGETS = {("cnn-dct-mask", 256): 100, ("cnn-dct-mask", 512): 25, ("xception-dct-mask", 128): 25}
+DEFAULT_SIZES = {"cnn": [256, 512], "xception": [128]}
+
+
+def measure(variant: str, size: int, batch_size: int, memory_format: str, warmup: int, repeats: int) -> dict:
+    """Runs in the child process: time `repeats` training steps after `warmup` steps."""
+    import torch
+    from torch import nn
+
+    from animeprov.models import create_model
+    from animeprov.transforms.stem import fit_stem_statistics
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    model = create_model(variant, 5, size)
+    images = torch.rand(batch_size, 3, size, size).contiguous(memory_format=fmt)
+    labels = torch.randint(0, 5, (batch_size,))
+    fit_stem_statistics(model.stem, [images])
+    model = model.to(memory_format=fmt).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        step()
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
+    seconds = [step() for _ in range(repeats)]
+    usage_after = resource.getrusage(resource.RUSAGE_SELF)
+    median = statistics.median(seconds)
+    return {
+        "images_per_s": round(batch_size / median, 1),
+        "step_ms_median": round(1000 * median, 1),
+        "step_ms_all": [round(1000 * s, 1) for s in seconds],
+        # CPU time over wall time: ~threads when the cores are ours, less when something else competes.
+        "cpu_utilisation": round(
+            (usage_after.ru_utime + usage_after.ru_stime - usage_before.ru_utime - usage_before.ru_stime)
+            / sum(seconds),
+            2,
+        ),
+        "page_faults_per_step": (usage_after.ru_minflt - usage_before.ru_minflt) // repeats,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def run_child(config: dict, threads: int, malloc: str) -> dict:
+    env = {**os.environ, **MALLOC_ENVS[malloc], "OMP_NUM_THREADS": str(threads)}
+    command = [sys.executable, __file__, "--child", json.dumps(config), "--threads", str(threads)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {
+            "error": done.stderr.strip().splitlines()[-1]
+            if done.stderr.strip()
+            else f"exit {done.returncode}"
+        }
+    return json.loads(done.stdout)
+
+
+def main() -> None:
+    from animeprov.config import VARIANTS, get_variant
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--sizes", nargs="+", type=int, help="override: these sizes for every variant")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed steps per configuration (median reported)"
+    )
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--formats", nargs="+", default=["channels_last", "contiguous"])
+    parser.add_argument("--mallocs", nargs="+", default=["default"], choices=list(MALLOC_ENVS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(measure(**json.loads(args.child))))
+        return
+
+    mallocs = [m for m in args.mallocs if m != "jemalloc" or JEMALLOC.exists()]
+    results = []
+    for variant in args.variants:
+        for size in args.sizes or DEFAULT_SIZES[get_variant(variant).backbone]:
+            for malloc in mallocs:
+                for memory_format in args.formats:
+                    config = dict(
+                        variant=variant,
+                        size=size,
+                        batch_size=args.batch_size,
+                        memory_format=memory_format,
+                        warmup=args.warmup,
+                        repeats=args.repeats,
+                    )
+                    row = {**config, "malloc": malloc, **run_child(config, args.threads, malloc)}
+                    row.pop("warmup")
+                    target = TARGETS.get((variant, size))
+                    if target is not None and "images_per_s" in row:
+                        row["target_images_per_s"] = target
+                        row["meets_target"] = row["images_per_s"] >= target
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    results.append(row)
+
+    report = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "jemalloc_available": JEMALLOC.exists(),
+        },
+        "results": results,
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Saving and loading runs: safetensors for tensors, JSON for everything else, never pickles.
+
+A run folder holds:
+    config.json         the resolved run config (variant, classes, size, data hash, seed, versions, ...)
+    model.safetensors   best weights (by validation accuracy), stem statistics included
+    last.safetensors    last finished epoch: weights + optimizer tensors, with the training state as JSON
+                        metadata, in ONE file so a kill can never leave weights and state out of step
+    metrics.jsonl       one line per finished epoch
+    train.log           the log
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+CONFIG_FILE = "config.json"
+BEST_WEIGHTS = "model.safetensors"
+LAST_STATE = "last.safetensors"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    _atomic_save_tensors(model.state_dict(), path, {"format": "pt"})
+
+
+def write_config(run: Path, config: dict[str, Any]) -> None:
+    atomic_write_text(run / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    path = Path(run) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: not a run folder (no {CONFIG_FILE})")
+    return json.loads(path.read_text())
+
+
+def load_model(run: str | Path, *, weights: str = BEST_WEIGHTS, device: str | torch.device = "cpu"):
+    """Rebuild the model a run describes and load its weights (stem statistics included), in eval mode."""
+    from animeprov.models import create_model
+
+    run = Path(run)
+    config = read_config(run)
+    model = create_model(config["variant"], len(config["classes"]), config["size"])
+    tensors, _ = _read_tensors(run / weights)
+    state = {key.removeprefix("model."): value for key, value in tensors.items() if not key.startswith("optim.")}
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), config
+
+
+def save_training_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> None:
+    """Weights, optimizer and scheduler state and loop counters, in one atomically replaced file."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    optim_state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, entries in optim_state["state"].items():
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{param_id}.{name}"] = value
+            else:
+                scalars.setdefault(str(param_id), {})[name] = value
+    metadata = {
+        "state": json.dumps(state),
+        "optimizer_param_groups": json.dumps(optim_state["param_groups"]),
+        "optimizer_scalars": json.dumps(scalars),
+        "scheduler": json.dumps(scheduler.state_dict()),
+    }
+    _atomic_save_tensors(tensors, path, metadata)
+
+
+def load_training_state(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    tensors, metadata = _read_tensors(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    optim_entries: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, param_id, name = key.split(".", 2)
+            optim_entries.setdefault(int(param_id), {})[name] = value
+    for param_id, entries in json.loads(metadata["optimizer_scalars"]).items():
+        optim_entries.setdefault(int(param_id), {}).update(entries)
+    optimizer.load_state_dict(
+        {"state": optim_entries, "param_groups": json.loads(metadata["optimizer_param_groups"])}
+    )
+    scheduler.load_state_dict(json.loads(metadata["scheduler"]))
+    return json.loads(metadata["state"])
+
+
+def environment_info() -> dict[str, Any]:
+    """Library versions and the git commit, recorded in every run config."""
+    import numpy
+    import scipy
+
+    import animeprov
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "animeprov": animeprov.__version__,
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+    }

@@ -1,0 +1,120 @@
+"""`animeprov models | train | evaluate | demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from animeprov.config import DEFAULT_HUMAN_CLASS, VARIANTS
+from animeprov.progress import console
+
+
+def models(
+    size: int = typer.Option(256, help="Input size (pixels) for the FLOP count."),
+    num_classes: int = typer.Option(5, help="Number of classes (human + generators)."),
+) -> None:
+    """List the six variants with parameters and FLOPs at a given size."""
+    from animeprov.models.registry import model_summary
+
+    table = Table(title=f"animeprov variants at {size}x{size}, {num_classes} classes")
+    for column in ("variant", "backbone", "stem", "CBAM", "parameters", "GFLOPs/image"):
+        table.add_column(column, justify="right" if column in ("parameters", "GFLOPs/image") else "left")
+    for row in model_summary(size, num_classes):
+        table.add_row(
+            row["name"], row["backbone"], row["stem"], "yes" if row["attention"] else "no",
+            f"{row['params']:,}", f"{row['gflops']:.3f}",
+        )
+    console.print(table)
+
+
+def train(
+    data: Path = typer.Option(..., "--data", help="Split CSV (from `animeprov data split`)."),
+    variant: str = typer.Option("cnn-dct-mask", help=f"One of: {', '.join(VARIANTS)}."),
+    size: int = typer.Option(256, help="Model input size; images are centre-cropped, never resized."),
+    epochs: int = typer.Option(20, min=1),
+    batch_size: int = typer.Option(32, min=1),
+    out: Path = typer.Option(..., "--out", help="Run folder to write."),
+    optimizer: str = typer.Option("adamw", help="adam or adamw."),
+    lr: float = typer.Option(1e-3, min=0.0),
+    weight_decay: float = typer.Option(1e-4, min=0.0),
+    patience: int = typer.Option(5, min=1, help="Early stopping: epochs without better val accuracy."),
+    seed: int = typer.Option(0),
+    workers: int = typer.Option(0, min=0, help="DataLoader worker processes."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
+    amp: bool = typer.Option(True, help="Mixed precision (CUDA only)."),
+    weighted_loss: bool = typer.Option(False, help="Weight the loss by inverse class frequency."),
+    human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
+    resume: bool = typer.Option(False, help="Continue the run in --out after its last finished epoch."),
+) -> None:
+    """Train one variant on the train split; early-stops on the val split."""
+    from animeprov.train import RunExistsError, TrainConfig
+    from animeprov.train import train as run_training
+
+    config = TrainConfig(
+        data=str(data), variant=variant, size=size, epochs=epochs, batch_size=batch_size,
+        optimizer=optimizer, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
+        workers=workers, device=device, amp=amp, weighted_loss=weighted_loss, human_class=human_class,
+    )
+    try:
+        summary = run_training(config, out, resume=resume)
+    except (RunExistsError, ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    for reason in summary["skipped"].values():
+        console.print(f"[yellow]skipped[/yellow] {reason}")
+    console.print(
+        f"best val accuracy {summary['best_val_accuracy']:.4f} at epoch {summary['best_epoch']}; "
+        f"run in {summary['run']}"
+    )
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder (from `animeprov train`)."),
+    data: Path = typer.Option(..., "--data", help="Split CSV or manifest."),
+    split: str = typer.Option("test", help="Split to evaluate; 'all' for every row."),
+    out: Path = typer.Option(..., "--out"),
+    human_class: str = typer.Option(DEFAULT_HUMAN_CLASS, help="The class meaning 'drawn by a person'."),
+    threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="P(generated) threshold for detection."),
+    batch_size: int = typer.Option(64, min=1),
+    workers: int = typer.Option(0, min=0),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Attribution and detection metrics, confusion matrix: report.json, report.md, confusion.png."""
+    from animeprov.evaluation.evaluate import evaluate_run
+
+    try:
+        report = evaluate_run(
+            run, data, out, split=None if split == "all" else split, human_class=human_class,
+            threshold=threshold, batch_size=batch_size, workers=workers, device=device,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    for item in report["skipped"]:
+        console.print(f"[yellow]skipped[/yellow] {item['reason']}")
+    detection = report["detection"]
+    console.print(
+        f"attribution accuracy {report['attribution_accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
+        f"detection accuracy {detection['accuracy']:.4f} on {report['n']} images; report in {out}"
+    )
+
+
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for data, runs and the report."),
+    per_class: int = typer.Option(100, min=10, help="Synthetic images per class."),
+    size: int = typer.Option(128, help="Image and model size."),
+    epochs: int = typer.Option(8, min=1),
+    seed: int = typer.Option(0),
+) -> None:
+    """The main job: synthetic benchmark -> split -> train cnn-dct-mask and cnn-pixel -> evaluate -> report."""
+    from animeprov.demo import run_demo
+
+    report = run_demo(out, per_class=per_class, size=size, epochs=epochs, seed=seed)
+    console.print(f"[bold green]report:[/bold green] {report}")
+
+
+def register(app: typer.Typer) -> None:
+    for command in (models, train, evaluate, demo):
+        app.command()(command)

@@ -1,0 +1,50 @@
+"""The paper's small CNN: a few conv + average-pooling blocks, then a linear layer on the flattened map.
+
+For DCT inputs the position of a coefficient matters (a generator's periodic artefacts are peaks at fixed
+frequencies), so the map is flattened, never globally pooled: the head sees where in the spectrum a feature
+fired, at the resolution of the last block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+DEFAULT_WIDTHS = (8, 16, 32, 32)
+
+
+def conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
+    # No BatchNorm: the stems already standardise the input, and at full resolution BN's extra passes cost
+    # more CPU time than the convolution it follows (measured: benchmarks/train_throughput.py).
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True)]
+    if pool:
+        layers.append(nn.AvgPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class SmallCNN(nn.Module):
+    """conv3x3 -> ReLU blocks; every block but the last ends in AvgPool2d(2); flatten -> Linear.
+
+    `features` is the conv stack: its output (the last conv's activation map, size / 2**(len(widths) - 1) px)
+    is the Grad-CAM target. `head` flattens it and maps to `num_classes` logits, so its input width depends on
+    `size`.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, size: int, widths: Sequence[int] = DEFAULT_WIDTHS
+    ) -> None:
+        super().__init__()
+        num_pools = len(widths) - 1
+        if size < 2**num_pools:
+            raise ValueError(f"SmallCNN with {num_pools} poolings needs inputs of at least {2**num_pools} px")
+        channels = [in_channels, *widths]
+        self.features = nn.Sequential(
+            *(conv_block(cin, cout, pool=i < num_pools) for i, (cin, cout) in enumerate(zip(channels, widths)))
+        )
+        final_size = size // 2**num_pools
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(widths[-1] * final_size * final_size, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

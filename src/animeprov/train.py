@@ -1,0 +1,221 @@
+"""Training a variant on a split CSV into a run folder, resumable after a kill at any moment."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from animeprov import checkpoint as ckpt
+from animeprov.config import DEFAULT_HUMAN_CLASS, get_variant
+from animeprov.data.dataset import ImageDataset, class_names_of, read_split_rows
+from animeprov.data.manifest import file_digest
+from animeprov.engine import make_loader, predict, prepare_model, select_device, stem_batches, train_one_epoch
+from animeprov.progress import progress_bar
+
+log = logging.getLogger("animeprov.train")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str  # split CSV with train and val rows
+    variant: str = "cnn-dct-mask"
+    size: int = 256
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: str = "adamw"  # "adam" | "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 5  # early stopping: epochs without a better validation accuracy
+    seed: int = 0
+    workers: int = 0  # DataLoader worker processes
+    device: str = "auto"
+    amp: bool = True  # CUDA only
+    weighted_loss: bool = False  # inverse class frequency weights
+    human_class: str = DEFAULT_HUMAN_CLASS
+
+
+class RunExistsError(RuntimeError):
+    pass
+
+
+def _setup_log(run: Path) -> logging.Handler:
+    handler = logging.FileHandler(run / ckpt.LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adam or adamw")
+
+
+def _class_weights(counts: dict[str, int]) -> torch.Tensor:
+    values = torch.tensor([max(n, 1) for n in counts.values()], dtype=torch.float32)
+    return values.sum() / (len(values) * values)
+
+
+def _read_metrics(run: Path, up_to_epoch: int) -> list[dict[str, Any]]:
+    """Metric lines of finished epochs; a line written after the last saved state is dropped."""
+    path = run / ckpt.METRICS_FILE
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row["epoch"] <= up_to_epoch]
+
+
+def _write_metrics(run: Path, rows: list[dict[str, Any]]) -> None:
+    ckpt.atomic_write_text(run / ckpt.METRICS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def train(config: TrainConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train `config.variant` and return a summary. Writes everything documented in `checkpoint`."""
+    from animeprov.models import create_model
+
+    run = Path(out)
+    get_variant(config.variant)  # fail fast on a typo
+    if (run / ckpt.CONFIG_FILE).exists() and not resume:
+        raise RunExistsError(f"{run}: already holds a run; pass --resume to continue it or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    handler = _setup_log(run)
+    try:
+        return _train(config, run, resume, create_model)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _train(config: TrainConfig, run: Path, resume: bool, create_model) -> dict[str, Any]:
+    torch.manual_seed(config.seed)
+    device = select_device(config.device)
+    train_rows = read_split_rows(config.data, "train")
+    val_rows = read_split_rows(config.data, "val")
+    classes = class_names_of(train_rows)
+    if config.human_class not in classes:
+        log.warning("human class %r not in training classes %s: detection metrics will be off", config.human_class, classes)
+    train_set = ImageDataset(config.data, train_rows, classes, config.size)
+    val_set = ImageDataset(config.data, val_rows, classes, config.size)
+    counts = train_set.class_counts()
+    imbalance = max(counts.values()) / max(min(counts.values()), 1)
+    log.info("classes %s, train counts %s (imbalance %.2fx), val %d images, device %s",
+             classes, counts, imbalance, len(val_set), device)
+
+    model = create_model(config.variant, len(classes), config.size)
+    optimizer = _make_optimizer(config, model)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+    weights = _class_weights(counts).to(device) if config.weighted_loss else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    skipped: dict[str, str] = {}
+
+    state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "stale_epochs": 0}
+    if resume and (run / ckpt.LAST_STATE).exists():
+        previous = ckpt.read_config(run)
+        for key in ("variant", "size", "classes"):
+            wanted = classes if key == "classes" else getattr(config, key)
+            if previous[key] != wanted:
+                raise ValueError(f"{run}: cannot resume: {key} was {previous[key]!r}, now {wanted!r}")
+        state = ckpt.load_training_state(run / ckpt.LAST_STATE, model, optimizer, scheduler)
+        log.info("resuming after epoch %d", state["epoch"])
+    else:
+        if model.stem.needs_statistics:
+            _fit_stem(model, train_set, config, skipped)
+        ckpt.write_config(run, _run_config(config, classes, counts, model))
+    history = _read_metrics(run, state["epoch"])
+
+    prepare_model(model, device)
+    with progress_bar() as bar:
+        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            if state["stale_epochs"] >= config.patience:
+                break
+            task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=len(train_set), info="")
+            loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
+                                 workers=config.workers, device=device)
+            result = train_one_epoch(model, loader, optimizer, loss_fn, device, amp=config.amp, scaler=scaler,
+                                     on_batch=lambda n, info, t=task: bar.update(t, advance=n, info=info))
+            val = predict(model, make_loader(val_set, config.batch_size, workers=config.workers, device=device),
+                          device, amp=config.amp)
+            scheduler.step()
+            for path, reason in result.errors + val.errors:
+                skipped[path] = reason
+            row = {
+                "epoch": epoch,
+                "train_loss": result.loss,
+                "train_accuracy": result.accuracy,
+                "val_loss": val.loss(),
+                "val_accuracy": val.accuracy(),
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_second": result.images_per_second,
+                "seconds": result.seconds + val.seconds,
+                "skipped_files": len(skipped),
+            }
+            improved = row["val_accuracy"] > state["best_val_accuracy"]
+            if improved:
+                ckpt.save_weights(model, run / ckpt.BEST_WEIGHTS)
+                state.update(best_val_accuracy=row["val_accuracy"], best_epoch=epoch, stale_epochs=0)
+            else:
+                state["stale_epochs"] += 1
+            state["epoch"] = epoch
+            # Best weights first, then the state that records them: a kill in between only repeats this epoch.
+            ckpt.save_training_state(run / ckpt.LAST_STATE, model, optimizer, scheduler, state)
+            history.append(row)
+            _write_metrics(run, history)
+            bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {row['val_accuracy']:.3f}")
+            log.info("epoch %d %s", epoch, json.dumps(row))
+    for path, reason in skipped.items():
+        log.warning("skipped %s", reason if reason.startswith(path) else f"{path}: {reason}")
+    _plot_curves(run, history)
+    return {
+        "run": str(run),
+        "epochs_done": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_val_accuracy": state["best_val_accuracy"],
+        "skipped": skipped,
+        "classes": classes,
+    }
+
+
+def _fit_stem(model: nn.Module, train_set: ImageDataset, config: TrainConfig, skipped: dict[str, str]) -> None:
+    from animeprov.transforms.stem import fit_stem_statistics
+
+    errors: list[tuple[str, str]] = []
+    loader = make_loader(train_set, config.batch_size, workers=config.workers)
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("DCT statistics", total=len(train_set), info="")
+        fit_stem_statistics(model.stem, stem_batches(loader, errors),
+                            on_batch=lambda n: bar.update(task, advance=n))
+    skipped.update(dict(errors))
+    log.info("fitted DCT statistics on %d training images", len(train_set) - len(errors))
+
+
+def _run_config(config: TrainConfig, classes: list[str], counts: dict[str, int], model: nn.Module) -> dict:
+    spec = get_variant(config.variant)
+    return {
+        **asdict(config),
+        "classes": classes,
+        "train_counts": counts,
+        "backbone": spec.backbone,
+        "stem": spec.stem,
+        "attention": spec.attention,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "data_sha256": file_digest(config.data),
+        "environment": ckpt.environment_info(),
+    }
+
+
+def _plot_curves(run: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    from animeprov.reports.figures import plot_training_curves
+
+    plot_training_curves(history, run / "curves.png")

@@ -1,0 +1,113 @@
+"""`animeprov data synth | index | split` end to end through the Typer app."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from animeprov.cli import app
+from animeprov.data.manifest import MANIFEST_COLUMNS, image_path, read_columns, read_rows
+
+runner = CliRunner()
+
+
+def make_tree(root: Path, per_class: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    for cls in ("human", "ai"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            coarse = rng.integers(0, 256, size=(5, 5, 3), dtype=np.uint8)
+            Image.fromarray(coarse).resize((48, 48), Image.Resampling.BICUBIC).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_synth_index_split_end_to_end(tmp_path: Path) -> None:
+    synth_dir, work = tmp_path / "synth", tmp_path / "work"
+    result = runner.invoke(
+        app, ["data", "synth", str(synth_dir), "--per-class", "3", "--size", "64", "--seed", "1", "--classes",
+              "human,transposed-conv"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (synth_dir / "manifest.csv").is_file()
+    synth_rows = list(read_rows(synth_dir / "manifest.csv"))
+    assert Counter(row["class"] for row in synth_rows) == {"human": 3, "transposed-conv": 3}
+
+    manifest = work / "manifest.csv"
+    result = runner.invoke(app, ["data", "index", str(synth_dir), "--out", str(manifest)])
+    assert result.exit_code == 0, result.output
+    assert "human" in result.stdout and "groups" in result.stdout
+    columns = read_columns(manifest)
+    assert columns[: len(MANIFEST_COLUMNS)] == list(MANIFEST_COLUMNS)
+    assert "seed" in columns  # carried over from the synthetic set's own manifest
+    assert (work / "manifest.skipped.csv").is_file()
+
+    split_csv = tmp_path / "elsewhere" / "split.csv"
+    result = runner.invoke(
+        app, ["data", "split", str(manifest), "--out", str(split_csv), "--ratios", "1:1:1", "--seed", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(read_rows(split_csv))
+    assert len(rows) == 6 and {row["split"] for row in rows} <= {"train", "val", "test"}
+    assert all(image_path(split_csv, row).is_file() for row in rows)  # rebased to its own folder
+    assert "train" in result.stdout and "human" in result.stdout
+
+
+def test_index_reports_skipped_files_and_still_succeeds(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "set", per_class=2)
+    (root / "human" / "broken.jpg").write_text("not an image")
+    out = tmp_path / "m.csv"
+    result = runner.invoke(app, ["data", "index", str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "broken.jpg" in result.stderr and "m.skipped.csv" in result.stderr
+    assert len(list(read_rows(out))) == 4
+
+
+def test_index_fails_clearly_without_any_readable_image(tmp_path: Path) -> None:
+    (tmp_path / "set" / "human").mkdir(parents=True)
+    (tmp_path / "set" / "human" / "empty.png").write_bytes(b"")
+    result = runner.invoke(app, ["data", "index", str(tmp_path / "set"), "--out", str(tmp_path / "m.csv")])
+    assert result.exit_code == 1
+    assert "no readable image" in result.output
+
+    missing = ["data", "index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.csv")]
+    result = runner.invoke(app, missing, env={"COLUMNS": "300"})  # keep Typer's error box on one line
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_index_group_by_unknown_column_is_a_usage_error(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "set", per_class=1)
+    result = runner.invoke(
+        app, ["data", "index", str(root), "--out", str(tmp_path / "m.csv"), "--group-by", "artist"]
+    )
+    assert result.exit_code == 2 and "artist" in result.output
+
+
+@pytest.mark.parametrize("ratios", ["8:1", "8:-1:1", "a:b:c", "0:0:0", "nan:1:1"])
+def test_split_refuses_bad_ratios(tmp_path: Path, ratios: str) -> None:
+    root = make_tree(tmp_path / "set", per_class=3)
+    manifest = tmp_path / "m.csv"
+    assert runner.invoke(app, ["data", "index", str(root), "--out", str(manifest)]).exit_code == 0
+    result = runner.invoke(app, ["data", "split", str(manifest), "--ratios", ratios])
+    assert result.exit_code == 2 and "--ratios" in result.output
+
+
+def test_split_warns_about_small_classes_and_bad_columns(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "set", per_class=4)
+    manifest = tmp_path / "m.csv"
+    assert runner.invoke(app, ["data", "index", str(root), "--out", str(manifest)]).exit_code == 0
+    out = tmp_path / "split.csv"
+    result = runner.invoke(app, ["data", "split", str(manifest), "--out", str(out), "--per-class", "10"])
+    assert result.exit_code == 0, result.output
+    assert "below 10 per class (class too small)" in result.stderr
+    assert "no test images" in result.stderr  # 4 images at 8:1:1 give 3 train, 1 val, 0 test
+    assert len(list(read_rows(out))) == 8
+
+    result = runner.invoke(app, ["data", "split", str(manifest), "--per-class", "-3"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["data", "split", str(manifest), "--group-column", "artist"])
+    assert result.exit_code == 2 and "artist" in result.output

@@ -1,0 +1,93 @@
+"""Training loop, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from animeprov import checkpoint as ckpt
+from animeprov import train as train_module
+from animeprov.models import create_model
+from animeprov.train import RunExistsError, TrainConfig, train
+
+
+def _config(data, **overrides) -> TrainConfig:
+    values = dict(data=str(data), variant="cnn-dct-mask", size=32, epochs=3, batch_size=8, lr=1e-3, seed=1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("cnn-dct-mask", 3, 32)
+    model.stem.set_statistics(torch.randn(3, 32, 32), torch.rand(3, 32, 32) + 0.5)
+    ckpt.write_config(tmp_path, {"variant": "cnn-dct-mask", "classes": ["a", "b", "c"], "size": 32})
+    ckpt.save_weights(model, tmp_path / ckpt.BEST_WEIGHTS)
+    loaded, config = ckpt.load_model(tmp_path)
+    images = torch.rand(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), loaded(images))
+    assert torch.equal(loaded.stem.mean, model.stem.mean)
+    assert config["classes"] == ["a", "b", "c"]
+
+
+def test_training_writes_the_documented_run_folder(tiny_split, tmp_path):
+    run = tmp_path / "run"
+    summary = train(_config(tiny_split, epochs=2), run)
+    assert summary["epochs_done"] == 2
+    for name in ("model.safetensors", "last.safetensors", "config.json", "metrics.jsonl", "train.log"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["variant"] == "cnn-dct-mask" and config["classes"] == ["gen-a", "gen-b", "human"]
+    assert len(config["data_sha256"]) == 64 and config["environment"]["torch"] == torch.__version__
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    # The DCT statistics were fitted on the training split and travel with the weights.
+    weights = load_file(run / "model.safetensors")
+    assert weights["stem.std"].shape == (3, 32, 32) and not torch.all(weights["stem.std"] == 1)
+
+
+def test_existing_run_is_never_overwritten(tiny_split, tmp_path):
+    train(_config(tiny_split, epochs=1), tmp_path / "run")
+    with pytest.raises(RunExistsError):
+        train(_config(tiny_split, epochs=1), tmp_path / "run")
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_split, tmp_path, monkeypatch):
+    train(_config(tiny_split), tmp_path / "full")
+
+    real_epoch = train_module.train_one_epoch
+    calls = {"n": 0}
+
+    def killed_during_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", killed_during_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_split), tmp_path / "killed")
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    summary = train(_config(tiny_split), tmp_path / "killed", resume=True)
+
+    assert summary["epochs_done"] == 3
+    full = load_file(tmp_path / "full" / "last.safetensors")
+    resumed = load_file(tmp_path / "killed" / "last.safetensors")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], msg=key)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_a_broken_file_is_skipped_and_reported(tiny_split, tmp_path):
+    broken = tiny_split.parent / "human" / "000.png"
+    broken.write_bytes(b"not an image at all")
+    summary = train(_config(tiny_split, epochs=1, variant="cnn-pixel"), tmp_path / "run")
+    assert list(summary["skipped"]) == [str(broken)]
+    assert "000.png" in (tmp_path / "run" / "train.log").read_text()
