@@ -1,19 +1,22 @@
 """Training throughput (images/s) of the six variants on this machine's CPU; prints JSON on stdout.
 
 One training step = forward (stem, CBAM, backbone) + cross-entropy + backward + Adam step on a batch of random
-[0, 1] images. Every configuration runs in its own subprocess so that its peak RSS and allocator state are its
-own. channels_last (what the engine uses) is measured against contiguous NCHW as the baseline, and, where
-available, each allocator setting is measured too:
+[0, 1] images; the median of --repeats timed steps after --warmup steps is reported. Each configuration runs
+in its own subprocess, so its peak RSS and allocator state are its own. Dimensions measured:
 
-    default      glibc malloc as is
-    jemalloc     LD_PRELOAD of Debian's libjemalloc2 (only if installed) with decay disabled
-    glibc-thp    GLIBC_TUNABLES=glibc.malloc.hugetlb=1: transparent huge pages for large tensors, so each
-                 step's fresh multi-MB activations fault in 2 MiB pages instead of 4 KiB ones
+  memory format  channels_last (what the engine uses) against contiguous NCHW, the baseline
+  allocator      default    glibc malloc as configured by default
+                 glibc-keep GLIBC_TUNABLES: never mmap, never trim, so memory freed by one step is reused
+                            by the next instead of being returned to the kernel and page-faulted in again
+                 mallopt-keep  the same set from inside the process (ctypes mallopt), no environment needed
+                 jemalloc   LD_PRELOAD of Debian's libjemalloc2 with decay disabled (only if installed)
+  precision      fp32, or bf16 (torch.autocast on CPU; the DCT stem stays float32)
 
 Examples:
     python benchmarks/train_throughput.py
     python benchmarks/train_throughput.py --variants cnn-dct-mask --sizes 256 512 --repeats 7
-    python benchmarks/train_throughput.py --variants cnn-dct-mask --mallocs default glibc-thp --formats channels_last
+    python benchmarks/train_throughput.py --variants cnn-dct-mask --mallocs default mallopt-keep \\
+        --formats channels_last --precisions fp32 bf16
 """
 
 from __future__ import annotations
@@ -35,21 +38,23 @@ JEMALLOC_CONF = (
 )
 MALLOC_ENVS = {
     "default": {},
+    "glibc-keep": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"},
+    "mallopt-keep": {"ANIMEPROV_BENCH_MALLOPT": "1"},
     "jemalloc": {"LD_PRELOAD": str(JEMALLOC), "MALLOC_CONF": JEMALLOC_CONF},
-    "glibc-thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
-    "glibc-keep": {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"},
-    "glibc-thp-keep": {
-        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432"
-        ":glibc.malloc.trim_threshold=4294967296"
-    },
 }
-# Brief's targets (images/s, training, 2 CPU threads).
+# The brief's targets (training images/s with 2 CPU threads).
 TARGETS = {("cnn-dct-mask", 256): 100, ("cnn-dct-mask", 512): 25, ("xception-dct-mask", 128): 25}
 DEFAULT_SIZES = {"cnn": [256, 512], "xception": [128]}
 
 
-def measure(variant: str, size: int, batch_size: int, memory_format: str, warmup: int, repeats: int) -> dict:
+def measure(
+    variant: str, size: int, batch_size: int, memory_format: str, precision: str, warmup: int, repeats: int
+) -> dict:
     """Runs in the child process: time `repeats` training steps after `warmup` steps."""
+    if os.environ.get("ANIMEPROV_BENCH_MALLOPT"):
+        from animeprov.engine import keep_freed_memory
+
+        keep_freed_memory()
     import torch
     from torch import nn
 
@@ -68,27 +73,28 @@ def measure(variant: str, size: int, batch_size: int, memory_format: str, warmup
     def step() -> float:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(images), labels).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
         optimizer.step()
         return time.perf_counter() - start
 
     for _ in range(warmup):
         step()
-    usage_before = resource.getrusage(resource.RUSAGE_SELF)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     seconds = [step() for _ in range(repeats)]
-    usage_after = resource.getrusage(resource.RUSAGE_SELF)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     median = statistics.median(seconds)
+    cpu_seconds = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return {
         "images_per_s": round(batch_size / median, 1),
         "step_ms_median": round(1000 * median, 1),
         "step_ms_all": [round(1000 * s, 1) for s in seconds],
-        # CPU time over wall time: ~threads when the cores are ours, less when something else competes.
-        "cpu_utilisation": round(
-            (usage_after.ru_utime + usage_after.ru_stime - usage_before.ru_utime - usage_before.ru_stime)
-            / sum(seconds),
-            2,
-        ),
-        "page_faults_per_step": (usage_after.ru_minflt - usage_before.ru_minflt) // repeats,
+        # CPU time / wall time: close to the thread count when the cores are ours, lower when something else
+        # competes for them (then the numbers are not trustworthy).
+        "cpu_utilisation": round(cpu_seconds / sum(seconds), 2),
+        "kernel_time_share": round((after.ru_stime - before.ru_stime) / cpu_seconds, 2),
+        "page_faults_per_step": (after.ru_minflt - before.ru_minflt) // repeats,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
@@ -98,11 +104,8 @@ def run_child(config: dict, threads: int, malloc: str) -> dict:
     command = [sys.executable, __file__, "--child", json.dumps(config), "--threads", str(threads)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        return {
-            "error": done.stderr.strip().splitlines()[-1]
-            if done.stderr.strip()
-            else f"exit {done.returncode}"
-        }
+        lines = done.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit status {done.returncode}"}
     return json.loads(done.stdout)
 
 
@@ -113,15 +116,26 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--sizes", nargs="+", type=int, help="override: these sizes for every variant")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        help="these sizes for every variant (default: cnn 256 and 512, xception 128)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--repeats", type=int, default=5, help="timed steps per configuration (median reported)"
     )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--formats", nargs="+", default=["channels_last", "contiguous"])
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        default=["channels_last", "contiguous"],
+        choices=["channels_last", "contiguous"],
+    )
     parser.add_argument("--mallocs", nargs="+", default=["default"], choices=list(MALLOC_ENVS))
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -137,23 +151,25 @@ def main() -> None:
     for variant in args.variants:
         for size in args.sizes or DEFAULT_SIZES[get_variant(variant).backbone]:
             for malloc in mallocs:
-                for memory_format in args.formats:
-                    config = dict(
-                        variant=variant,
-                        size=size,
-                        batch_size=args.batch_size,
-                        memory_format=memory_format,
-                        warmup=args.warmup,
-                        repeats=args.repeats,
-                    )
-                    row = {**config, "malloc": malloc, **run_child(config, args.threads, malloc)}
-                    row.pop("warmup")
-                    target = TARGETS.get((variant, size))
-                    if target is not None and "images_per_s" in row:
-                        row["target_images_per_s"] = target
-                        row["meets_target"] = row["images_per_s"] >= target
-                    print(json.dumps(row), file=sys.stderr, flush=True)
-                    results.append(row)
+                for precision in args.precisions:
+                    for memory_format in args.formats:
+                        config = dict(
+                            variant=variant,
+                            size=size,
+                            batch_size=args.batch_size,
+                            memory_format=memory_format,
+                            precision=precision,
+                            warmup=args.warmup,
+                            repeats=args.repeats,
+                        )
+                        row = {**config, "malloc": malloc, **run_child(config, args.threads, malloc)}
+                        del row["warmup"]
+                        target = TARGETS.get((variant, size))
+                        if target is not None and "images_per_s" in row:
+                            row["target_images_per_s"] = target
+                            row["meets_target"] = row["images_per_s"] >= target
+                        print(json.dumps(row), file=sys.stderr, flush=True)  # progress
+                        results.append(row)
 
     report = {
         "machine": {
@@ -161,8 +177,8 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "threads": args.threads,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "jemalloc_available": JEMALLOC.exists(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "results": results,
     }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from animeprov.layers.cbam import CBAM
+from animeprov.layers.cbam import CBAM, polyphase_conv, polyphase_index
 
 
 @pytest.mark.parametrize("channels", [1, 3, 64])
@@ -43,3 +44,40 @@ def test_gates_can_be_left_out():
     cbam = CBAM(3, keep_gates=False)
     cbam(torch.randn(1, 3, 8, 8))
     assert cbam.last_channel_gate is None and cbam.last_spatial_gate is None
+
+
+@pytest.mark.parametrize("kernel_size", [3, 7, 9])
+@pytest.mark.parametrize("phases", [2, 4])
+def test_polyphase_conv_equals_the_direct_conv_with_gradients(kernel_size, phases):
+    torch.manual_seed(2)
+    conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2).double()
+    x = torch.randn(2, 2, 12, 16, dtype=torch.float64, requires_grad=True)
+    index = polyphase_index(2, kernel_size, phases)
+    fast = polyphase_conv(x, conv, index, phases)
+    direct = conv(x)
+    assert torch.allclose(fast, direct, atol=1e-12)
+    upstream = torch.randn_like(direct)
+    fast_grads = torch.autograd.grad(fast, (x, conv.weight, conv.bias), upstream)
+    direct_grads = torch.autograd.grad(direct, (x, conv.weight, conv.bias), upstream)
+    for fast_grad, direct_grad in zip(fast_grads, direct_grads, strict=True):
+        assert torch.allclose(fast_grad, direct_grad, atol=1e-12)
+
+
+def test_cpu_fast_path_matches_the_plain_conv_in_the_module():
+    torch.manual_seed(3)
+    cbam = CBAM(3).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)  # divisible by the phases: polyphase path
+    cbam(x)
+    attended = x * cbam.last_channel_gate
+    descriptors = torch.cat([attended.mean(1, keepdim=True), attended.amax(1, keepdim=True)], dim=1)
+    expected = torch.sigmoid(cbam.spatial_attention.conv(descriptors))
+    assert torch.allclose(cbam.last_spatial_gate, expected, atol=1e-12)
+    # The derived index is not part of the saved state.
+    assert set(cbam.state_dict()) == {
+        "channel_attention.mlp.0.weight",
+        "channel_attention.mlp.0.bias",
+        "channel_attention.mlp.2.weight",
+        "channel_attention.mlp.2.bias",
+        "spatial_attention.conv.weight",
+        "spatial_attention.conv.bias",
+    }

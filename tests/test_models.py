@@ -54,7 +54,9 @@ def test_xception_has_the_reference_parameter_count(num_classes):
     model = create_model("xception-dct", num_classes, 32)
     assert count_parameters(model) == XCEPTION_PARAMS_5_CLASSES + (num_classes - 5) * 2049
     # CBAM on 3 channels adds a handful of parameters, nothing else changes.
-    assert count_parameters(create_model("xception-dct-mask", num_classes, 32)) - count_parameters(model) < 200
+    assert (
+        count_parameters(create_model("xception-dct-mask", num_classes, 32)) - count_parameters(model) < 200
+    )
 
 
 def test_flop_count_matches_the_analytic_count():
@@ -69,7 +71,10 @@ def test_flop_count_matches_the_analytic_count():
     pixel = forward_flops(create_model("cnn-pixel", 5, size))
     assert pixel == 2 * macs
     # The matrix DCT: C @ x @ C.T per channel is 2 * size^3 multiply-adds.
-    assert forward_flops(create_model("cnn-dct", 5, size)) - pixel == 3 * 2 * 2 * size**3
+    dct = forward_flops(create_model("cnn-dct", 5, size))
+    assert dct - pixel == 3 * 2 * 2 * size**3
+    # CBAM: the direct 7x7 conv on 2 descriptor maps, and the 3 -> 4 -> 3 MLP on 2 pooled descriptors.
+    assert forward_flops(create_model("cnn-dct-mask", 5, size)) - dct == 2 * (2 * 49 * size**2 + 2 * 24)
 
 
 def test_model_summary_lists_all_variants():
@@ -104,11 +109,11 @@ def test_cnn_dct_mask_memorises_two_random_label_batches():
     fit_stem_statistics(model.stem, batches)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(30):
-        for images, target in zip(batches, labels):
+        for images, target in zip(batches, labels, strict=True):
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(images), target).backward()
             optimizer.step()
     model.eval()
     with torch.no_grad():
-        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in zip(batches, labels))
+        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in zip(batches, labels, strict=True))
     assert correct == 16

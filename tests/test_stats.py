@@ -93,7 +93,9 @@ def test_fitted_stem_standardises_its_training_data():
     assert seen == [10, 7, 7] and stats.count == 24 and stem.is_fitted
     out = stem(images).double()
     assert torch.allclose(out.mean(dim=0), torch.zeros(3, 16, 16, dtype=torch.float64), atol=1e-4)
-    assert torch.allclose(out.std(dim=0, unbiased=False), torch.ones(3, 16, 16, dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(
+        out.std(dim=0, unbiased=False), torch.ones(3, 16, 16, dtype=torch.float64), atol=1e-3
+    )
     # The statistics are persistent buffers: a fresh stem loading the state_dict behaves identically.
     fresh = DCTStem(16)
     fresh.load_state_dict(stem.state_dict())

@@ -15,7 +15,15 @@ from animeprov import checkpoint as ckpt
 from animeprov.config import DEFAULT_HUMAN_CLASS, get_variant
 from animeprov.data.dataset import ImageDataset, class_names_of, read_split_rows
 from animeprov.data.manifest import file_digest
-from animeprov.engine import make_loader, predict, prepare_model, select_device, stem_batches, train_one_epoch
+from animeprov.engine import (
+    keep_freed_memory,
+    make_loader,
+    predict,
+    prepare_model,
+    select_device,
+    stem_batches,
+    train_one_epoch,
+)
 from animeprov.progress import progress_bar
 
 log = logging.getLogger("animeprov.train")
@@ -35,7 +43,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0  # DataLoader worker processes
     device: str = "auto"
-    amp: bool = True  # CUDA only
+    precision: str = "auto"  # auto (fp16 AMP on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     weighted_loss: bool = False  # inverse class frequency weights
     human_class: str = DEFAULT_HUMAN_CLASS
 
@@ -115,7 +123,10 @@ def _train(config: TrainConfig, run: Path, resume: bool, create_model) -> dict[s
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
     weights = _class_weights(counts).to(device) if config.weighted_loss else None
     loss_fn = nn.CrossEntropyLoss(weight=weights)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    # Loss scaling is only needed for float16 on CUDA.
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.precision in ("auto", "fp16"))
+    if device.type == "cpu":
+        keep_freed_memory()
     skipped: dict[str, str] = {}
 
     state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "stale_epochs": 0}
@@ -141,10 +152,10 @@ def _train(config: TrainConfig, run: Path, resume: bool, create_model) -> dict[s
             task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=len(train_set), info="")
             loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
                                  workers=config.workers, device=device)
-            result = train_one_epoch(model, loader, optimizer, loss_fn, device, amp=config.amp, scaler=scaler,
+            result = train_one_epoch(model, loader, optimizer, loss_fn, device, precision=config.precision, scaler=scaler,
                                      on_batch=lambda n, info, t=task: bar.update(t, advance=n, info=info))
             val = predict(model, make_loader(val_set, config.batch_size, workers=config.workers, device=device),
-                          device, amp=config.amp)
+                          device, precision=config.precision)
             scheduler.step()
             for path, reason in result.errors + val.errors:
                 skipped[path] = reason

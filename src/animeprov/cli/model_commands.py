@@ -43,7 +43,7 @@ def train(
     seed: int = typer.Option(0),
     workers: int = typer.Option(0, min=0, help="DataLoader worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
-    amp: bool = typer.Option(True, help="Mixed precision (CUDA only)."),
+    precision: str = typer.Option("auto", help="auto (fp16 AMP on CUDA, fp32 on CPU), fp32, bf16, fp16."),
     weighted_loss: bool = typer.Option(False, help="Weight the loss by inverse class frequency."),
     human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
     resume: bool = typer.Option(False, help="Continue the run in --out after its last finished epoch."),
@@ -55,7 +55,7 @@ def train(
     config = TrainConfig(
         data=str(data), variant=variant, size=size, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
-        workers=workers, device=device, amp=amp, weighted_loss=weighted_loss, human_class=human_class,
+        workers=workers, device=device, precision=precision, weighted_loss=weighted_loss, human_class=human_class,
     )
     try:
         summary = run_training(config, out, resume=resume)

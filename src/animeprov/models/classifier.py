@@ -40,7 +40,9 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expected = (INPUT_CHANNELS, self.size, self.size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"{self.spec.name} expects input (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{self.spec.name} expects input (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+            )
         return self.backbone(self.attention(self.stem(x)))
 
     def extra_repr(self) -> str:

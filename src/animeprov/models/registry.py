@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from animeprov.config import VARIANTS, get_variant
 from animeprov.models.classifier import Classifier
-from animeprov.transforms.stem import DCTStem
 
 
 def create_model(name: str, num_classes: int, size: int) -> Classifier:
@@ -25,25 +26,18 @@ def count_parameters(model: torch.nn.Module) -> int:
 def forward_flops(model: Classifier, *, stem_only: bool = False) -> int:
     """FLOPs of one forward pass of a single image, as counted by torch's FlopCounterMode.
 
-    Counts matrix multiplications and convolutions (a multiply-add = 2 FLOPs), including the DCT, which is
-    switched to its matmul backend for the count. Elementwise ops, pooling, BatchNorm, log and sigmoid are not
-    counted (they are a few FLOPs per activation against tens to thousands for the convs). `stem_only` counts
-    just the stem: the matrix DCT's 4 * size^3 per channel, several times what the FFT-based scipy backend used
-    on CPU actually spends.
+    Counts matrix multiplications and convolutions (a multiply-add = 2 FLOPs) of the model's mathematics:
+    the count runs on a weightless copy on the "meta" device, where the DCT takes its matmul form and CBAM its
+    direct 7x7 conv (not the CPU fast paths: the FFT-based scipy DCT costs far less than the matmul form's
+    4 * size^3 per channel; the polyphase CBAM conv about 3x more). Elementwise ops, pooling, BatchNorm, log
+    and sigmoid are not counted (a few FLOPs per activation against tens to thousands for the convs).
+    `stem_only` counts just the stem.
     """
-    if isinstance(model.stem, DCTStem):
-        previous, model.stem.dct_backend = model.stem.dct_backend, "matrix"
-    was_training = model.training
-    model.eval()
-    try:
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            (model.stem if stem_only else model)(torch.rand(1, 3, model.size, model.size))
-        return counter.get_total_flops()
-    finally:
-        model.train(was_training)
-        if isinstance(model.stem, DCTStem):
-            model.stem.dct_backend = previous
+    counted = copy.deepcopy(model.stem if stem_only else model).to("meta").eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        counted(torch.empty(1, 3, model.size, model.size, device="meta"))
+    return counter.get_total_flops()
 
 
 def model_summary(size: int, num_classes: int = 5) -> list[dict]:

@@ -17,7 +17,7 @@ XCEPTION_MIN_SIZE = 32
 
 
 class SeparableConv2d(nn.Sequential):
-    """Depthwise 3x3 (one filter per channel) followed by a pointwise 1x1 mixing channels; no bias (BN follows)."""
+    """Depthwise 3x3 (one filter per channel), then a pointwise 1x1 mixing channels; no bias (BN follows)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
@@ -29,9 +29,9 @@ class SeparableConv2d(nn.Sequential):
 class XceptionBlock(nn.Module):
     """`reps` x (ReLU -> separable conv -> BN), optional stride-2 max pool, plus a shortcut.
 
-    The shortcut is the identity when shape is kept, else a strided 1x1 conv + BN. `grow_first` decides whether
-    the first or the last separable conv changes the channel count; `start_with_relu=False` drops the leading
-    ReLU (the first block follows a ReLU already).
+    The shortcut is the identity when the shape is kept, else a strided 1x1 conv + BN. `grow_first` decides
+    whether the first or the last separable conv changes the channel count; `start_with_relu=False` drops
+    the leading ReLU (the first block follows a ReLU already).
     """
 
     def __init__(
@@ -55,7 +55,7 @@ class XceptionBlock(nn.Module):
 
         widths = [in_channels] + [out_channels if grow_first else in_channels] * (reps - 1) + [out_channels]
         layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             if i > 0 or start_with_relu:
                 # Not in place: the block input is still needed by the shortcut.
                 layers.append(nn.ReLU(inplace=i > 0))

@@ -65,14 +65,18 @@ def _scipy_transform(x: torch.Tensor, inverse: bool, workers: int | None) -> tor
     x = x.detach().to(dtype if dtype in _SCIPY_DTYPES else torch.float32)
     # A channels_last (N, C, H, W) batch is an (N, H, W, C) array in memory: transform that view so the result
     # keeps the layout the convolutions downstream want, without a copy either way.
-    channels_last = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = (
+        x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    )
     if channels_last:
         array, axes = x.permute(0, 2, 3, 1).numpy(), (1, 2)
     else:
         array, axes = x.contiguous().numpy(), (-2, -1)
     transform = scipy.fft.idctn if inverse else scipy.fft.dctn
     workers = workers if workers is not None else torch.get_num_threads()
-    out = torch.from_numpy(np.ascontiguousarray(transform(array, type=2, axes=axes, norm="ortho", workers=workers)))
+    out = torch.from_numpy(
+        np.ascontiguousarray(transform(array, type=2, axes=axes, norm="ortho", workers=workers))
+    )
     return (out.permute(0, 3, 1, 2) if channels_last else out).to(dtype)
 
 
@@ -87,7 +91,7 @@ def _matrix_transform(x: torch.Tensor, inverse: bool) -> torch.Tensor:
 
 
 def dct2(x: torch.Tensor, backend: Backend = "auto", *, workers: int | None = None) -> torch.Tensor:
-    """Orthonormal 2-D DCT-II over the last two axes (equals `scipy.fft.dctn(x, axes=(-2, -1), norm="ortho")`).
+    """Orthonormal 2-D DCT-II over the last two axes: `scipy.fft.dctn(x, axes=(-2, -1), norm="ortho")`.
 
     `workers`: scipy threads (default: torch's thread count); ignored by the matrix backend.
     """

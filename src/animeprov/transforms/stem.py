@@ -35,7 +35,7 @@ class DCTStem(nn.Module):
     The DCT runs on the [0, 1] values as given, not on 0..255. Scaling by 255 would only add log(255) to every
     log-coefficient (removed again by the per-coefficient mean) but would push `eps` 255x further below the
     8-bit quantisation noise (std 1/255/sqrt(12) ~ 1.1e-3 on the [0, 1] scale, preserved per coefficient by an
-    orthonormal DCT). On [0, 1], LOG_EPS = 1e-6 floors log|.| at about -13.8, some 7 below that noise floor,
+    orthonormal DCT). On [0, 1], LOG_EPS = 1e-6 floors log|.| at -13.8, about 7 below that noise floor (-6.8),
     so eps only tames exact zeros (flat images, padding) and never hides a real coefficient.
 
     `mean` and `std` (channels, size, size) start as 0 and 1 and are set by `fit_stem_statistics` (or
@@ -49,7 +49,7 @@ class DCTStem(nn.Module):
         self.size = size
         self.channels = channels
         self.eps = eps
-        # "auto": scipy on CPU without grad (fast); set "matrix" to count FLOPs or to force one code path.
+        # "auto": scipy on CPU when no gradient is needed (fastest), the autograd-capable matmul otherwise.
         self.dct_backend: Backend = "auto"
         self.register_buffer("mean", torch.zeros(channels, size, size))
         self.register_buffer("std", torch.ones(channels, size, size))
@@ -85,7 +85,9 @@ class DCTStem(nn.Module):
     def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         shape = tuple(self.mean.shape)
         if tuple(mean.shape) != shape or tuple(std.shape) != shape:
-            raise ValueError(f"statistics must have shape {shape}, got {tuple(mean.shape)} and {tuple(std.shape)}")
+            raise ValueError(
+                f"statistics must have shape {shape}, got {tuple(mean.shape)} and {tuple(std.shape)}"
+            )
         if not bool((std > 0).all()):
             raise ValueError("std must be positive everywhere")
         self.mean.copy_(mean)
@@ -114,11 +116,12 @@ def fit_stem_statistics(
     batches: Iterable[torch.Tensor | tuple | list],
     on_batch: Callable[[int], None] | None = None,
 ) -> RunningMeanStd | None:
-    """Stream [0, 1] image batches through `stem.log_dct`, then store the per-coefficient mean and std in the stem.
+    """Stream [0, 1] image batches through `stem.log_dct`; store the per-coefficient mean and std in the stem.
 
     `batches` yields tensors (N, C, size, size), or tuples/lists whose first item is one (so a DataLoader of
-    (images, labels) works). `on_batch(n)` is called after each batch with its number of images, e.g. to advance
-    a progress bar. Returns the accumulated statistics, or None (consuming nothing) for a stem without any.
+    (images, labels) works). `on_batch(n)` is called after each batch with its number of images, e.g. to
+    advance a progress bar. Returns the accumulated statistics, or None (consuming nothing) for a stem
+    without statistics.
     """
     if not getattr(stem, "needs_statistics", False):
         return None
