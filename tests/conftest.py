@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 
-def write_tiny_split(root: Path, classes=("human", "gen-a", "gen-b"), per_class: int = 10, size: int = 32,
-                     seed: int = 0) -> Path:
+def write_tiny_split(
+    root: Path, classes=("human", "gen-a", "gen-b"), per_class: int = 10, size: int = 32, seed: int = 0
+) -> Path:
     """An ImageFolder of class-dependent images plus a split CSV (6 train / 2 val / 2 test per class).
 
     Each class adds a different periodic pattern to random content, so a model can learn something.
@@ -27,9 +28,18 @@ def write_tiny_split(root: Path, classes=("human", "gen-a", "gen-b"), per_class:
                 base[:: label + 1, :: label + 1] += 55
             path = root / name / f"{i:03d}.png"
             Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(path)
-            rows.append({"path": f"{name}/{path.name}", "class": name, "sha256": "", "width": size,
-                         "height": size, "format": "PNG", "group": f"{name}-{i}",
-                         "split": splits[i % len(splits)]})
+            rows.append(
+                {
+                    "path": f"{name}/{path.name}",
+                    "class": name,
+                    "sha256": "",
+                    "width": size,
+                    "height": size,
+                    "format": "PNG",
+                    "group": f"{name}-{i}",
+                    "split": splits[i % len(splits)],
+                }
+            )
     csv_path = root / "split.csv"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

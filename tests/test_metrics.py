@@ -169,6 +169,17 @@ def test_missing_human_class_names_it_and_the_known_ones() -> None:
         classification_report(HAND_LABELS, HAND_PROBS, CLASSES, human_class="real")
 
 
+def test_no_human_class_reports_attribution_only() -> None:
+    from animeprov.reports.tables import report_markdown
+
+    report = classification_report(
+        [0, 1], np.array([[0.9, 0.1], [0.3, 0.7]]), ["gan_a", "gan_b"], human_class=None
+    )
+    assert report["detection"] is None and report["attribution_accuracy"] == 1.0
+    text = report_markdown(report, title="gans")
+    assert "no human class" in text and "Detection: human vs generated" not in text
+
+
 @pytest.mark.parametrize(
     ("labels", "probs", "message"),
     [

@@ -81,7 +81,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_split, tmp_path, 
     assert full.keys() == resumed.keys()
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], msg=key)
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs == [1, 2, 3]
 
 

@@ -79,7 +79,9 @@ def load_model(run: str | Path, *, weights: str = BEST_WEIGHTS, device: str | to
     config = read_config(run)
     model = create_model(config["variant"], len(config["classes"]), config["size"])
     tensors, _ = _read_tensors(run / weights)
-    state = {key.removeprefix("model."): value for key, value in tensors.items() if not key.startswith("optim.")}
+    state = {
+        key.removeprefix("model."): value for key, value in tensors.items() if not key.startswith("optim.")
+    }
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), config
 
@@ -137,13 +139,16 @@ def environment_info() -> dict[str, Any]:
     import animeprov
 
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {

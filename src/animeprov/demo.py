@@ -16,7 +16,9 @@ from animeprov.train import TrainConfig, train
 DEMO_VARIANTS = ("cnn-dct-mask", "cnn-pixel")
 
 
-def run_demo(out: str | Path, *, per_class: int = 100, size: int = 128, epochs: int = 8, seed: int = 0) -> Path:
+def run_demo(
+    out: str | Path, *, per_class: int = 100, size: int = 128, epochs: int = 8, seed: int = 0
+) -> Path:
     """Returns the path of the Markdown report. Re-running continues where a previous run stopped."""
     out = Path(out)
     data_dir, split_csv = out / "synth", out / "split.csv"
@@ -25,8 +27,9 @@ def run_demo(out: str | Path, *, per_class: int = 100, size: int = 128, epochs: 
         console.print(f"generating {per_class} images per class at {size}px into {data_dir}")
         with progress_bar() as bar:
             task = bar.add_task("synthesising", total=per_class * len(DEFAULT_CLASSES), info="")
-            generate_synthetic(data_dir, per_class, size=size, seed=seed,
-                               on_progress=lambda n: bar.update(task, advance=n))
+            generate_synthetic(
+                data_dir, per_class, size=size, seed=seed, on_progress=lambda n: bar.update(task, advance=n)
+            )
     if not split_csv.exists():
         rows = split_manifest(list(read_rows(manifest)), ratios=(8, 1, 1), seed=seed)
         write_rows(split_csv, rows, list(rows[0].keys()), source_csv=manifest)
@@ -35,8 +38,16 @@ def run_demo(out: str | Path, *, per_class: int = 100, size: int = 128, epochs: 
     for variant in DEMO_VARIANTS:
         run = out / "runs" / variant
         console.print(f"training {variant}")
-        config = TrainConfig(data=str(split_csv), variant=variant, size=size, epochs=epochs, batch_size=32,
-                             lr=1e-3, patience=epochs, seed=seed)
+        config = TrainConfig(
+            data=str(split_csv),
+            variant=variant,
+            size=size,
+            epochs=epochs,
+            batch_size=32,
+            lr=1e-3,
+            patience=epochs,
+            seed=seed,
+        )
         start = time.perf_counter()
         train(config, run, resume=True)
         seconds = time.perf_counter() - start
@@ -52,31 +63,57 @@ def _demo_markdown(results, *, per_class: int, size: int, epochs: int, seed: int
     rows = []
     for variant, report, seconds in results:
         detection = report["detection"]
-        rows.append([variant, report["attribution_accuracy"], report["macro_f1"], detection["accuracy"],
-                     detection["average_precision"], detection["roc_auc"], report["n"], f"{seconds:.0f}"])
-    headers = ["variant", "attribution acc", "macro-F1", "detection acc", "detection AP", "ROC-AUC",
-               "test images", "train s"]
+        rows.append(
+            [
+                variant,
+                report["attribution_accuracy"],
+                report["macro_f1"],
+                detection["accuracy"],
+                detection["average_precision"],
+                detection["roc_auc"],
+                report["n"],
+                f"{seconds:.0f}",
+            ]
+        )
+    headers = [
+        "variant",
+        "attribution acc",
+        "macro-F1",
+        "detection acc",
+        "detection AP",
+        "ROC-AUC",
+        "test images",
+        "train s",
+    ]
     by_name = {variant: report for variant, report, _ in results}
     dct = by_name["cnn-dct-mask"]["attribution_accuracy"]
     pixel = by_name["cnn-pixel"]["attribution_accuracy"]
     finding = (
         f"The DCT model attributes {dct:.1%} of the test images correctly against {pixel:.1%} for the "
-        "pixel model: " + ("the paper's DCT-over-pixels finding holds here." if dct > pixel
-                           else "the paper's DCT-over-pixels finding does NOT hold in this run.")
+        "pixel model: "
+        + (
+            "the paper's DCT-over-pixels finding holds here."
+            if dct > pixel
+            else "the paper's DCT-over-pixels finding does NOT hold in this run."
+        )
     )
-    return "\n".join([
-        "# animeprov demo: DCT versus pixels on the synthetic benchmark",
-        "",
-        f"Data: `animeprov data synth` with {per_class} images per class at {size}x{size} px, seed {seed}, "
-        "classes " + ", ".join(DEFAULT_CLASSES) + "; split 8:1:1. "
-        f"Each model trained for up to {epochs} epochs on the CPU; metrics on the test split.",
-        "",
-        markdown_table(headers, rows),
-        "",
-        finding,
-        "",
-        "Confusion matrices: " + ", ".join(f"`eval/{variant}/confusion.png`" for variant, _, _ in results) + ".",
-        "This is synthetic data whose generators differ only in their upsampling architecture: it shows the "
-        "method works and what it keys on, not how it performs on real generators (see docs/results/).",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# animeprov demo: DCT versus pixels on the synthetic benchmark",
+            "",
+            f"Data: `animeprov data synth` with {per_class} images per class at {size}x{size} px, seed {seed}, "
+            "classes " + ", ".join(DEFAULT_CLASSES) + "; split 8:1:1. "
+            f"Each model trained for up to {epochs} epochs on the CPU; metrics on the test split.",
+            "",
+            markdown_table(headers, rows),
+            "",
+            finding,
+            "",
+            "Confusion matrices: "
+            + ", ".join(f"`eval/{variant}/confusion.png`" for variant, _, _ in results)
+            + ".",
+            "This is synthetic data whose generators differ only in their upsampling architecture: it shows the "
+            "method works and what it keys on, not how it performs on real generators (see docs/results/).",
+            "",
+        ]
+    )

@@ -93,7 +93,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False) -> dict
     run = Path(out)
     get_variant(config.variant)  # fail fast on a typo
     if (run / ckpt.CONFIG_FILE).exists() and not resume:
-        raise RunExistsError(f"{run}: already holds a run; pass --resume to continue it or choose another --out")
+        raise RunExistsError(
+            f"{run}: already holds a run; pass --resume to continue it or choose another --out"
+        )
     run.mkdir(parents=True, exist_ok=True)
     handler = _setup_log(run)
     try:
@@ -110,13 +112,23 @@ def _train(config: TrainConfig, run: Path, resume: bool, create_model) -> dict[s
     val_rows = read_split_rows(config.data, "val")
     classes = class_names_of(train_rows)
     if config.human_class not in classes:
-        log.warning("human class %r not in training classes %s: detection metrics will be off", config.human_class, classes)
+        log.warning(
+            "human class %r not in training classes %s: detection metrics will be off",
+            config.human_class,
+            classes,
+        )
     train_set = ImageDataset(config.data, train_rows, classes, config.size)
     val_set = ImageDataset(config.data, val_rows, classes, config.size)
     counts = train_set.class_counts()
     imbalance = max(counts.values()) / max(min(counts.values()), 1)
-    log.info("classes %s, train counts %s (imbalance %.2fx), val %d images, device %s",
-             classes, counts, imbalance, len(val_set), device)
+    log.info(
+        "classes %s, train counts %s (imbalance %.2fx), val %d images, device %s",
+        classes,
+        counts,
+        imbalance,
+        len(val_set),
+        device,
+    )
 
     model = create_model(config.variant, len(classes), config.size)
     optimizer = _make_optimizer(config, model)
@@ -124,7 +136,9 @@ def _train(config: TrainConfig, run: Path, resume: bool, create_model) -> dict[s
     weights = _class_weights(counts).to(device) if config.weighted_loss else None
     loss_fn = nn.CrossEntropyLoss(weight=weights)
     # Loss scaling is only needed for float16 on CUDA.
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.precision in ("auto", "fp16"))
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and config.precision in ("auto", "fp16")
+    )
     if device.type == "cpu":
         keep_freed_memory()
     skipped: dict[str, str] = {}
@@ -150,12 +164,30 @@ def _train(config: TrainConfig, run: Path, resume: bool, create_model) -> dict[s
             if state["stale_epochs"] >= config.patience:
                 break
             task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=len(train_set), info="")
-            loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
-                                 workers=config.workers, device=device)
-            result = train_one_epoch(model, loader, optimizer, loss_fn, device, precision=config.precision, scaler=scaler,
-                                     on_batch=lambda n, info, t=task: bar.update(t, advance=n, info=info))
-            val = predict(model, make_loader(val_set, config.batch_size, workers=config.workers, device=device),
-                          device, precision=config.precision)
+            loader = make_loader(
+                train_set,
+                config.batch_size,
+                shuffle=True,
+                seed=config.seed * 100_003 + epoch,
+                workers=config.workers,
+                device=device,
+            )
+            result = train_one_epoch(
+                model,
+                loader,
+                optimizer,
+                loss_fn,
+                device,
+                precision=config.precision,
+                scaler=scaler,
+                on_batch=lambda n, info, t=task: bar.update(t, advance=n, info=info),
+            )
+            val = predict(
+                model,
+                make_loader(val_set, config.batch_size, workers=config.workers, device=device),
+                device,
+                precision=config.precision,
+            )
             scheduler.step()
             for path, reason in result.errors + val.errors:
                 skipped[path] = reason
@@ -196,15 +228,18 @@ def _train(config: TrainConfig, run: Path, resume: bool, create_model) -> dict[s
     }
 
 
-def _fit_stem(model: nn.Module, train_set: ImageDataset, config: TrainConfig, skipped: dict[str, str]) -> None:
+def _fit_stem(
+    model: nn.Module, train_set: ImageDataset, config: TrainConfig, skipped: dict[str, str]
+) -> None:
     from animeprov.transforms.stem import fit_stem_statistics
 
     errors: list[tuple[str, str]] = []
     loader = make_loader(train_set, config.batch_size, workers=config.workers)
     with progress_bar(transient=True) as bar:
         task = bar.add_task("DCT statistics", total=len(train_set), info="")
-        fit_stem_statistics(model.stem, stem_batches(loader, errors),
-                            on_batch=lambda n: bar.update(task, advance=n))
+        fit_stem_statistics(
+            model.stem, stem_batches(loader, errors), on_batch=lambda n: bar.update(task, advance=n)
+        )
     skipped.update(dict(errors))
     log.info("fitted DCT statistics on %d training images", len(train_set) - len(errors))
 

@@ -23,8 +23,12 @@ def models(
         table.add_column(column, justify="right" if column in ("parameters", "GFLOPs/image") else "left")
     for row in model_summary(size, num_classes):
         table.add_row(
-            row["name"], row["backbone"], row["stem"], "yes" if row["attention"] else "no",
-            f"{row['params']:,}", f"{row['gflops']:.3f}",
+            row["name"],
+            row["backbone"],
+            row["stem"],
+            "yes" if row["attention"] else "no",
+            f"{row['params']:,}",
+            f"{row['gflops']:.3f}",
         )
     console.print(table)
 
@@ -53,9 +57,21 @@ def train(
     from animeprov.train import train as run_training
 
     config = TrainConfig(
-        data=str(data), variant=variant, size=size, epochs=epochs, batch_size=batch_size,
-        optimizer=optimizer, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
-        workers=workers, device=device, precision=precision, weighted_loss=weighted_loss, human_class=human_class,
+        data=str(data),
+        variant=variant,
+        size=size,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        patience=patience,
+        seed=seed,
+        workers=workers,
+        device=device,
+        precision=precision,
+        weighted_loss=weighted_loss,
+        human_class=human_class,
     )
     try:
         summary = run_training(config, out, resume=resume)
@@ -86,8 +102,15 @@ def evaluate(
 
     try:
         report = evaluate_run(
-            run, data, out, split=None if split == "all" else split, human_class=human_class,
-            threshold=threshold, batch_size=batch_size, workers=workers, device=device,
+            run,
+            data,
+            out,
+            split=None if split == "all" else split,
+            human_class=human_class,
+            threshold=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
         )
     except (ValueError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
@@ -95,9 +118,10 @@ def evaluate(
     for item in report["skipped"]:
         console.print(f"[yellow]skipped[/yellow] {item['reason']}")
     detection = report["detection"]
+    detection_text = f"detection accuracy {detection['accuracy']:.4f}, " if detection else ""
     console.print(
         f"attribution accuracy {report['attribution_accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
-        f"detection accuracy {detection['accuracy']:.4f} on {report['n']} images; report in {out}"
+        f"{detection_text}on {report['n']} images; report in {out}"
     )
 
 

@@ -13,7 +13,6 @@ from torch.utils.data import Dataset
 from animeprov.data.manifest import image_path, read_rows
 from animeprov.io import ImageError, LoadRules, load_image, make_views
 
-
 # (view (size, size, 3) uint8 or None, label, row index, (path, reason) when loading failed)
 Sample = tuple[np.ndarray | None, int, int, tuple[str, str] | None]
 

@@ -10,7 +10,7 @@ from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.data.dataset import ImageDataset, read_split_rows
 from animeprov.engine import make_loader, predict, prepare_model, select_device
 from animeprov.evaluation.metrics import classification_report
-from animeprov.progress import progress_bar
+from animeprov.progress import console, progress_bar
 from animeprov.reports.figures import plot_confusion
 from animeprov.reports.tables import report_markdown, write_json
 
@@ -43,8 +43,14 @@ def evaluate_run(
             torch_device,
             on_batch=lambda n, _info: bar.update(task, advance=n),
         )
+    if human_class not in classes:
+        console.print(f"[yellow]no class {human_class!r} among {classes}: detection is not reported[/yellow]")
     report = classification_report(
-        predictions.labels, predictions.probs, classes, human_class=human_class, threshold=threshold
+        predictions.labels,
+        predictions.probs,
+        classes,
+        human_class=human_class if human_class in classes else None,
+        threshold=threshold,
     )
     report["run"] = str(run)
     report["variant"] = config["variant"]
@@ -55,6 +61,10 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     write_json(report, out / "report.json")
     model_info = {"run": str(run), "variant": config["variant"], "size": config["size"], "split": split}
-    (out / "report.md").write_text(report_markdown(report, title=f"{config['variant']} on {split}", model_info=model_info))
-    plot_confusion(report["confusion_matrix"], classes, out / "confusion.png", title=f"{config['variant']} ({split})")
+    (out / "report.md").write_text(
+        report_markdown(report, title=f"{config['variant']} on {split}", model_info=model_info)
+    )
+    plot_confusion(
+        report["confusion_matrix"], classes, out / "confusion.png", title=f"{config['variant']} ({split})"
+    )
     return report

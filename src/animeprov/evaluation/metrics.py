@@ -128,7 +128,7 @@ def classification_report(
     probs: np.ndarray,
     class_names: Sequence[str],
     *,
-    human_class: str = DEFAULT_HUMAN_CLASS,
+    human_class: str | None = DEFAULT_HUMAN_CLASS,
     threshold: float = 0.5,
 ) -> dict:
     """All evaluation numbers for one set of predictions, as a JSON-serialisable dict.
@@ -136,12 +136,13 @@ def classification_report(
     Per-class precision is None for a class that is never predicted, per-class accuracy (recall) is None
     for a class with no images, and F1 is None for a class absent from both; macro-F1 averages the classes
     that occur in the labels or the predictions. Detection AP/ROC-AUC are None when only humans or only
-    generated images are present.
+    generated images are present. `human_class=None` (a class set with no human class, e.g. GANs only)
+    gives `detection: None`.
     """
     class_names = [str(name) for name in class_names]
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"class names must be unique, got {class_names}")
-    if human_class not in class_names:
+    if human_class is not None and human_class not in class_names:
         raise ValueError(f"human class {human_class!r} is not among the class names {class_names}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
@@ -179,7 +180,9 @@ def classification_report(
         "macro_f1": float(macro_f1),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
-        "detection": _detection_metrics(labels, probs, class_names.index(human_class), threshold),
+        "detection": None
+        if human_class is None
+        else _detection_metrics(labels, probs, class_names.index(human_class), threshold),
         "calibration": {
             "ece": expected_calibration_error(probs, labels, n_bins=DEFAULT_ECE_BINS),
             "n_bins": DEFAULT_ECE_BINS,

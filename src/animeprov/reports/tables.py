@@ -70,7 +70,16 @@ def report_markdown(report: dict, *, title: str, model_info: dict | None = None)
     detection = report["detection"]
     calibration = report["calibration"]
     class_names = report["class_names"]
-    threshold = format_cell(detection["threshold"])
+    threshold = format_cell(detection["threshold"]) if detection else None
+    detection_rows = (
+        [
+            (f"detection accuracy (threshold {threshold})", detection["accuracy"]),
+            ("detection average precision", detection["average_precision"]),
+            ("detection ROC-AUC", detection["roc_auc"]),
+        ]
+        if detection
+        else [("detection", "n/a (no human class)")]
+    )
 
     sections = [f"# {title}"]
     if model_info:
@@ -86,9 +95,7 @@ def report_markdown(report: dict, *, title: str, model_info: dict | None = None)
                 ("images", report["n"]),
                 ("attribution accuracy", report["attribution_accuracy"]),
                 ("macro-F1", report["macro_f1"]),
-                (f"detection accuracy (threshold {threshold})", detection["accuracy"]),
-                ("detection average precision", detection["average_precision"]),
-                ("detection ROC-AUC", detection["roc_auc"]),
+                *detection_rows,
                 (f"expected calibration error ({calibration.get('n_bins', 15)} bins)", calibration["ece"]),
                 ("negative log-likelihood", calibration["nll"]),
             ],
@@ -118,6 +125,8 @@ def report_markdown(report: dict, *, title: str, model_info: dict | None = None)
         )
     )
 
+    if not detection:
+        return "\n\n".join(sections) + "\n"
     sections.append(
         f"## Detection: human vs generated\n\nAn image is judged generated when P(generated) = 1 - P(human) "
         f">= {threshold}. Average precision and ROC-AUC treat generated as the positive class."
