@@ -103,6 +103,16 @@ def test_group_spanning_classes_is_kept_whole_with_a_warning() -> None:
     assert all(n <= 21 for n in Counter(row["class"] for row in result).values())
 
 
+def test_drop_conflicts_leaves_out_groups_spanning_classes() -> None:
+    rows = make_rows({"human": 20, "ai": 20}, group_sizes=(1,))
+    rows.append({"path": "human/dup.png", "class": "human", "group": "shared"})
+    rows.append({"path": "ai/dup.png", "class": "ai", "group": "shared"})
+    with pytest.warns(CrossClassGroupWarning, match="left out"):
+        result = split_manifest(rows, seed=0, drop_conflicts=True)
+    assert "shared" not in {row["group"] for row in result}
+    assert Counter(row["class"] for row in result) == {"human": 20, "ai": 20}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

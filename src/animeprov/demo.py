@@ -72,7 +72,7 @@ def _demo_markdown(results, *, per_class: int, size: int, epochs: int, seed: int
                 detection["average_precision"],
                 detection["roc_auc"],
                 report["n"],
-                f"{seconds:.0f}",
+                round(seconds),
             ]
         )
     headers = [
@@ -101,7 +101,8 @@ def _demo_markdown(results, *, per_class: int, size: int, epochs: int, seed: int
         [
             "# animeprov demo: DCT versus pixels on the synthetic benchmark",
             "",
-            f"Data: `animeprov data synth` with {per_class} images per class at {size}x{size} px, seed {seed}, "
+            f"Data: `animeprov data synth` with {per_class} images per class at {size}x{size} px, "
+            f"seed {seed}, "
             "classes " + ", ".join(DEFAULT_CLASSES) + "; split 8:1:1. "
             f"Each model trained for up to {epochs} epochs on the CPU; metrics on the test split.",
             "",
@@ -112,8 +113,9 @@ def _demo_markdown(results, *, per_class: int, size: int, epochs: int, seed: int
             "Confusion matrices: "
             + ", ".join(f"`eval/{variant}/confusion.png`" for variant, _, _ in results)
             + ".",
-            "This is synthetic data whose generators differ only in their upsampling architecture: it shows the "
-            "method works and what it keys on, not how it performs on real generators (see docs/results/).",
+            "This is synthetic data whose generators differ only in their upsampling architecture: "
+            "it shows the method works and what it keys on,\n"
+            "not how it performs on real generators (see docs/results/).",
             "",
         ]
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from animeprov.cli import model_commands
+from animeprov.cli import calibrate_command, evidence_command, model_commands
 from animeprov.cli.data import data_app
 
 app = typer.Typer(
@@ -15,6 +15,8 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data", help="Build data sets: synthetic benchmark, index, split.")
 model_commands.register(app)
+evidence_command.register(app)
+calibrate_command.register(app)
 
 
 def main() -> None:

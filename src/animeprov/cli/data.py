@@ -151,6 +151,9 @@ def split(
     group_column: str = typer.Option(
         "group", "--group-column", help="Rows with the same value here stay in one split."
     ),
+    drop_conflicts: bool = typer.Option(
+        False, "--drop-conflicts", help="Leave out groups whose images carry different classes."
+    ),
 ) -> None:
     """Split a manifest into train/val/test: balanced per class, groups never divided."""
     from animeprov.data.manifest import SPLIT_COLUMN, SPLITS, read_columns, read_rows, write_rows
@@ -176,7 +179,12 @@ def split(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         selected = split_manifest(
-            rows, ratios=ratio_values, per_class=per_class, seed=seed, group_column=group_column
+            rows,
+            ratios=ratio_values,
+            per_class=per_class,
+            seed=seed,
+            group_column=group_column,
+            drop_conflicts=drop_conflicts,
         )
     for warning in caught:
         _warn(str(warning.message))
@@ -205,7 +213,9 @@ def split(
         if used and empty:
             _warn(f"class {cls}: no {' or '.join(empty)} images (too few groups to divide)")
     left_out = (
-        f" ({len(rows) - len(selected)} left out by the per-class cap)" if len(selected) < len(rows) else ""
+        f" ({len(rows) - len(selected)} left out by the per-class cap or as conflicts)"
+        if len(selected) < len(rows)
+        else ""
     )
     stdout.print(
         f"{len(selected)} of {len(rows)} images in the split{left_out}; split: {out}", soft_wrap=True

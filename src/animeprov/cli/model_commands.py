@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from animeprov.config import DEFAULT_HUMAN_CLASS, VARIANTS
@@ -30,7 +31,7 @@ def models(
             f"{row['params']:,}",
             f"{row['gflops']:.3f}",
         )
-    console.print(table)
+    Console().print(table)  # tables go to stdout
 
 
 def train(
@@ -132,7 +133,7 @@ def demo(
     epochs: int = typer.Option(8, min=1),
     seed: int = typer.Option(0),
 ) -> None:
-    """The main job: synthetic benchmark -> split -> train cnn-dct-mask and cnn-pixel -> evaluate -> report."""
+    """The main job: synthetic data -> split -> train cnn-dct-mask and cnn-pixel -> evaluate -> report."""
     from animeprov.demo import run_demo
 
     report = run_demo(out, per_class=per_class, size=size, epochs=epochs, seed=seed)

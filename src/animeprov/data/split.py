@@ -12,7 +12,8 @@ the cap keeps the shuffled groups that still fit. The kept groups, largest first
 order), each go to the split whose per-class target is furthest from being met.
 
 A group whose rows carry different classes (e.g. one image filed under two classes) is a label
-conflict; it is kept whole under the class of most of its rows and reported with a warning.
+conflict; it is kept whole under the class of most of its rows and reported with a warning, or
+left out entirely with `drop_conflicts=True`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def split_manifest(
     per_class: int | None = None,
     seed: int = 0,
     group_column: str = "group",
+    drop_conflicts: bool = False,
 ) -> list[dict[str, str]]:
     """The selected rows, each copied with a `split` column (train/val/test), sorted by path.
 
@@ -55,13 +57,15 @@ def split_manifest(
             raise ValueError(f"row {row.get('path', row)!r} lacks column(s) {', '.join(missing)}")
         # The NUL prefix keeps path-keyed singletons apart from real group ids.
         groups[row[group_column] or f"\0{row['path']}"].append(row)
+    _warn_cross_class(groups, group_column, dropped=drop_conflicts)
+    if drop_conflicts:
+        groups = {key: members for key, members in groups.items() if len({r["class"] for r in members}) == 1}
     if not groups:
         return []
 
     class_sizes = Counter(row["class"] for members in groups.values() for row in members)
     cap = per_class if per_class is not None else min(class_sizes.values())
     home_class = {key: _home_class(members) for key, members in groups.items()}
-    _warn_cross_class(groups, group_column)
 
     # 1. Cap: per class, shuffled groups are kept while every class they touch stays within the cap.
     rank: dict[str, int] = {}  # position in its class's shuffled order: the tie-break below
@@ -148,7 +152,7 @@ def _home_class(members: list[dict[str, str]]) -> str:
     return min(counts, key=lambda cls: (-counts[cls], cls))
 
 
-def _warn_cross_class(groups: dict[str, list[dict[str, str]]], group_column: str) -> None:
+def _warn_cross_class(groups: dict[str, list[dict[str, str]]], group_column: str, dropped: bool) -> None:
     mixed = {
         key: sorted({row["class"] for row in members})
         for key, members in groups.items()
@@ -159,7 +163,8 @@ def _warn_cross_class(groups: dict[str, list[dict[str, str]]], group_column: str
         more = " ..." if len(mixed) > 5 else ""
         warnings.warn(
             f"{len(mixed)} group(s) in column {group_column!r} span several classes (a label conflict?) and "
-            f"were kept whole under the class of most of their rows: {examples}{more}",
+            + ("were left out" if dropped else "were kept whole under the class of most of their rows")
+            + f": {examples}{more}",
             CrossClassGroupWarning,
             stacklevel=3,
         )

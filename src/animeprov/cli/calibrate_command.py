@@ -1,0 +1,96 @@
+"""`animeprov calibrate`: fit temperature and verdict thresholds on a split; store calibration.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from animeprov.evaluation.calibration import (
+    DEFAULT_KNOWN_PASS_RATE,
+    DEFAULT_TARGET_FNR,
+    DEFAULT_TARGET_FPR,
+    Calibration,
+)
+from animeprov.progress import console
+
+
+def calibrate(
+    run: Path = typer.Argument(..., help="Run folder (from `animeprov train`)."),
+    data: Path = typer.Option(..., "--data", help="Split CSV with labelled images."),
+    split: str = typer.Option("val", help="Split to fit on; never the test split you report."),
+    target_fpr: float = typer.Option(
+        DEFAULT_TARGET_FPR, min=0.0, max=0.999, help="Most human images judged 'ai' (false accusations)."
+    ),
+    target_fnr: float = typer.Option(
+        DEFAULT_TARGET_FNR, min=0.0, max=0.999, help="Most generated images judged 'artist'."
+    ),
+    known_pass_rate: float = typer.Option(
+        DEFAULT_KNOWN_PASS_RATE,
+        min=0.001,
+        max=1.0,
+        help="Share of known-generator images that must not be called 'unknown generator'.",
+    ),
+    human_class: str = typer.Option("", help="The class meaning 'drawn by a person' (default: the run's)."),
+    batch_size: int = typer.Option(64, min=1),
+    workers: int = typer.Option(0, min=0),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Temperature scaling and calibrated verdict thresholds, written to RUN/calibration.json."""
+    from animeprov.evaluation.calibration import CALIBRATION_FILE, calibrate_run
+
+    try:
+        calibration = calibrate_run(
+            run,
+            data,
+            split=split,
+            human_class=human_class or None,
+            target_fpr=target_fpr,
+            target_fnr=target_fnr,
+            known_pass_rate=known_pass_rate,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    console.print(calibration_table(calibration))
+    for note in calibration.measured["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"written {run / CALIBRATION_FILE}")
+
+
+def calibration_table(calibration: Calibration) -> Table:
+    m = calibration.measured
+    table = Table(title=f"calibration on {calibration.source.get('split', '?')}: {m['n_images']} images")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("ECE before -> after", f"{m['ece_before']:.4f} -> {m['ece_after']:.4f}"),
+        ("NLL before -> after", f"{m['nll_before']:.4f} -> {m['nll_after']:.4f}"),
+        ("temperature", f"{calibration.temperature:.4f}"),
+        ("ai: P(generated) >=", f"{calibration.ai_threshold:.6f}"),
+        ("artist: P(generated) <=", f"{calibration.artist_threshold:.6f}"),
+        ("unknown generator: score <", f"{calibration.unknown_threshold:.6f}"),
+        (
+            f"FPR on {m['n_human']} human (target {calibration.target_fpr:g})",
+            f"{m['fpr']:.4f} ({m['false_positives']}/{m['n_human']}; 95% upper {m['fpr_upper_95']:.3f})",
+        ),
+        (f"TPR on {m['n_generated']} generated", f"{m['tpr']:.4f}"),
+        (f"generated judged artist (target {calibration.target_fnr:g})", f"{m['fnr']:.4f}"),
+        ("human judged artist", f"{m['human_judged_artist']:.4f}"),
+        ("unsure, all images", f"{m['unsure_rate']:.4f}"),
+        (
+            f"ai-judged known generators named (target {calibration.known_pass_rate:g})",
+            f"{m['known_pass_rate']:.4f} of {m['unknown_fit_images']}",
+        ),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(calibrate)

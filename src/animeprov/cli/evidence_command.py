@@ -1,0 +1,41 @@
+"""`animeprov evidence PATHS...`: what each file's own metadata says about its origin (JSON lines)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from animeprov.progress import console
+
+
+def evidence(
+    paths: list[Path] = typer.Argument(..., help="Image files or folders."),
+    recursive: bool = typer.Option(True, help="Walk folders recursively."),
+) -> None:
+    """Read generation metadata (A1111, NovelAI, ComfyUI, EXIF, XMP, C2PA) without trusting it."""
+    from animeprov.evidence import METADATA_CAVEAT, evidence_summary, read_evidence
+    from animeprov.io import ImageError, iter_image_files, load_image
+
+    skipped = 0
+    try:
+        files = list(iter_image_files(paths, recursive=recursive))
+    except FileNotFoundError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    for path in files:
+        try:
+            raw = path.read_bytes()
+            summary = evidence_summary(read_evidence(load_image(raw, name=str(path)), raw))
+        except (ImageError, OSError) as error:
+            skipped += 1
+            console.print(f"[yellow]skipped[/yellow] {error}")
+            continue
+        summary.pop("caveat")
+        print(json.dumps({"path": str(path), **summary}))
+    console.print(f"{len(files) - skipped} files read, {skipped} skipped. {METADATA_CAVEAT}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evidence)

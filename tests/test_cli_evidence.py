@@ -1,0 +1,30 @@
+"""`animeprov evidence` end to end: JSON lines per readable file, bad files reported and skipped."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image, PngImagePlugin
+from typer.testing import CliRunner
+
+from animeprov.cli import app
+
+
+def test_evidence_command_reports_named_generators_and_skips_bad_files(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "NovelAI")
+    info.add_text("Source", "Stable Diffusion 81274D13")
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "nai.png", pnginfo=info)
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "plain.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+
+    result = CliRunner().invoke(app, ["evidence", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    by_name = {line["path"].rsplit("/", 1)[-1]: line for line in lines}
+    assert set(by_name) == {"nai.png", "plain.png"}
+    assert by_name["nai.png"]["named_generators"] == ["NovelAI (Stable Diffusion 81274D13)"]
+    assert by_name["nai.png"]["indicates_ai"] is True
+    assert by_name["plain.png"]["items"] == []
+    assert "broken.png" in result.stderr and "2 files read, 1 skipped" in result.stderr
