@@ -93,3 +93,41 @@ def test_a_broken_file_is_skipped_and_reported(tiny_split, tmp_path):
     summary = train(_config(tiny_split, epochs=1, variant="cnn-pixel"), tmp_path / "run")
     assert list(summary["skipped"]) == [str(broken)]
     assert "000.png" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_cli_train_then_evaluate_writes_the_reports(tiny_split, tmp_path):
+    from typer.testing import CliRunner
+
+    from animeprov.cli import app
+
+    run, out = tmp_path / "run", tmp_path / "eval"
+    runner = CliRunner()
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tiny_split),
+            "--variant",
+            "cnn-dct",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(run),
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    again = runner.invoke(app, ["train", "--data", str(tiny_split), "--epochs", "1", "--out", str(run)])
+    assert again.exit_code == 2 and "--resume" in again.output
+
+    evaluated = runner.invoke(app, ["evaluate", str(run), "--data", str(tiny_split), "--out", str(out)])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 6 and sum(map(sum, report["confusion_matrix"])) == 6
+    assert report["detection"]["n_human"] == 2 and report["variant"] == "cnn-dct"
+    assert (out / "report.md").read_text().startswith("# cnn-dct on test")
+    assert (out / "confusion.png").stat().st_size > 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -36,7 +37,9 @@ def synth(
         "--classes",
         help="Comma-separated class names (default: the standard classes, without held-out ones).",
     ),
-    workers: int = typer.Option(0, "--workers", min=0, help="Worker processes (0: in this process)."),
+    workers: int = typer.Option(
+        os.cpu_count() or 1, "--workers", min=0, help="Worker processes (0: in this process)."
+    ),
 ) -> None:
     """Generate the synthetic benchmark: one class per simulated generator, plus `human`."""
     from animeprov.data.synth import DEFAULT_CLASSES, SYNTH_CLASSES, generate_synthetic

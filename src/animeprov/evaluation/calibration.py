@@ -455,29 +455,19 @@ def calibrate_run(
     """Predict `split` of `data_csv` with the run's model, fit a calibration and (with `write`) store it
     as calibration.json in the run folder. `human_class` defaults to the one the run was trained with."""
     from animeprov import checkpoint as ckpt
-    from animeprov.data.dataset import ImageDataset, read_split_rows
     from animeprov.data.manifest import file_digest
-    from animeprov.engine import make_loader, predict, prepare_model, select_device
-    from animeprov.progress import console, progress_bar
+    from animeprov.evaluation.evaluate import predict_split
+    from animeprov.progress import console
 
     run = Path(run)
     weights = weights or ckpt.BEST_WEIGHTS
-    torch_device = select_device(device)
-    model, config = ckpt.load_model(run, weights=weights)
-    prepare_model(model, torch_device)
-    classes = list(config["classes"])
-    human_class = human_class or config.get("human_class", DEFAULT_HUMAN_CLASS)
     if split == "train":
         console.print("[yellow]calibrating on the training split: the model is over-confident there[/yellow]")
-    dataset = ImageDataset(data_csv, read_split_rows(data_csv, split), classes, config["size"])
-    with progress_bar(transient=True) as bar:
-        task = bar.add_task(f"predicting {split}", total=len(dataset), info="")
-        predictions = predict(
-            model,
-            make_loader(dataset, batch_size, workers=workers, device=torch_device),
-            torch_device,
-            on_batch=lambda n, _info: bar.update(task, advance=n),
-        )
+    predictions, config = predict_split(
+        run, data_csv, split, batch_size=batch_size, workers=workers, device=device, weights=weights
+    )
+    classes = list(config["classes"])
+    human_class = human_class or config.get("human_class", DEFAULT_HUMAN_CLASS)
     for _path, reason in predictions.errors:
         console.print(f"[yellow]skipped[/yellow] {reason}")
     calibration = fit_calibration(

@@ -8,11 +8,38 @@ from typing import Any
 from animeprov import checkpoint as ckpt
 from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.data.dataset import ImageDataset, read_split_rows
-from animeprov.engine import make_loader, predict, prepare_model, select_device
+from animeprov.engine import Predictions, make_loader, predict, prepare_model, select_device
 from animeprov.evaluation.metrics import classification_report
 from animeprov.progress import console, progress_bar
 from animeprov.reports.figures import plot_confusion
 from animeprov.reports.tables import report_markdown, write_json
+
+
+def predict_split(
+    run: str | Path,
+    data: str | Path,
+    split: str | None,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    weights: str = ckpt.BEST_WEIGHTS,
+) -> tuple[Predictions, dict[str, Any]]:
+    """The run's model on one split of a CSV (every row when `split` is None): predictions and run config."""
+    run = Path(run)
+    torch_device = select_device(device)
+    model, config = ckpt.load_model(run, weights=weights)
+    prepare_model(model, torch_device)
+    dataset = ImageDataset(data, read_split_rows(data, split), config["classes"], config["size"])
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(f"predicting {split or 'all'} with {run.name}", total=len(dataset), info="")
+        predictions = predict(
+            model,
+            make_loader(dataset, batch_size, workers=workers, device=torch_device),
+            torch_device,
+            on_batch=lambda n, _info: bar.update(task, advance=n),
+        )
+    return predictions, config
 
 
 def evaluate_run(
@@ -29,20 +56,10 @@ def evaluate_run(
     weights: str = ckpt.BEST_WEIGHTS,
 ) -> dict[str, Any]:
     run, out = Path(run), Path(out)
-    torch_device = select_device(device)
-    model, config = ckpt.load_model(run, weights=weights)
-    prepare_model(model, torch_device)
+    predictions, config = predict_split(
+        run, data, split, batch_size=batch_size, workers=workers, device=device, weights=weights
+    )
     classes = config["classes"]
-    rows = read_split_rows(data, split)
-    dataset = ImageDataset(data, rows, classes, config["size"])
-    with progress_bar(transient=True) as bar:
-        task = bar.add_task(f"evaluating {run.name}", total=len(dataset), info="")
-        predictions = predict(
-            model,
-            make_loader(dataset, batch_size, workers=workers, device=torch_device),
-            torch_device,
-            on_batch=lambda n, _info: bar.update(task, advance=n),
-        )
     if human_class not in classes:
         console.print(f"[yellow]no class {human_class!r} among {classes}: detection is not reported[/yellow]")
     report = classification_report(
