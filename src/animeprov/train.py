@@ -24,7 +24,9 @@ from animeprov.engine import (
     stem_batches,
     train_one_epoch,
 )
+from animeprov.models import create_model
 from animeprov.progress import progress_bar
+from animeprov.transforms.stem import fit_stem_statistics
 
 log = logging.getLogger("animeprov.train")
 
@@ -88,8 +90,6 @@ def _write_metrics(run: Path, rows: list[dict[str, Any]]) -> None:
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Train `config.variant` and return a summary. Writes everything documented in `checkpoint`."""
-    from animeprov.models import create_model
-
     run = Path(out)
     get_variant(config.variant)  # fail fast on a typo
     if (run / ckpt.CONFIG_FILE).exists() and not resume:
@@ -99,13 +99,13 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False) -> dict
     run.mkdir(parents=True, exist_ok=True)
     handler = _setup_log(run)
     try:
-        return _train(config, run, resume, create_model)
+        return _train(config, run, resume)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _train(config: TrainConfig, run: Path, resume: bool, create_model) -> dict[str, Any]:
+def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     device = select_device(config.device)
     train_rows = read_split_rows(config.data, "train")
@@ -216,7 +216,7 @@ def _train(config: TrainConfig, run: Path, resume: bool, create_model) -> dict[s
             bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {row['val_accuracy']:.3f}")
             log.info("epoch %d %s", epoch, json.dumps(row))
     for path, reason in skipped.items():
-        log.warning("skipped %s", reason if reason.startswith(path) else f"{path}: {reason}")
+        log.warning("skipped %s: %s", path, reason)
     _plot_curves(run, history)
     return {
         "run": str(run),
@@ -231,8 +231,6 @@ def _train(config: TrainConfig, run: Path, resume: bool, create_model) -> dict[s
 def _fit_stem(
     model: nn.Module, train_set: ImageDataset, config: TrainConfig, skipped: dict[str, str]
 ) -> None:
-    from animeprov.transforms.stem import fit_stem_statistics
-
     errors: list[tuple[str, str]] = []
     loader = make_loader(train_set, config.batch_size, workers=config.workers)
     with progress_bar(transient=True) as bar:

@@ -79,8 +79,8 @@ def train(
     except (RunExistsError, ValueError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    for reason in summary["skipped"].values():
-        console.print(f"[yellow]skipped[/yellow] {reason}")
+    for path, reason in summary["skipped"].items():
+        console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
     console.print(
         f"best val accuracy {summary['best_val_accuracy']:.4f} at epoch {summary['best_epoch']}; "
         f"run in {summary['run']}"
@@ -117,7 +117,7 @@ def evaluate(
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     for item in report["skipped"]:
-        console.print(f"[yellow]skipped[/yellow] {item['reason']}")
+        console.print(f"[yellow]skipped[/yellow] {item['path']}: {item['reason']}")
     detection = report["detection"]
     detection_text = f"detection accuracy {detection['accuracy']:.4f}, " if detection else ""
     console.print(

@@ -468,8 +468,8 @@ def calibrate_run(
     )
     classes = list(config["classes"])
     human_class = human_class or config.get("human_class", DEFAULT_HUMAN_CLASS)
-    for _path, reason in predictions.errors:
-        console.print(f"[yellow]skipped[/yellow] {reason}")
+    for path, reason in predictions.errors:
+        console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
     calibration = fit_calibration(
         predictions.probs,
         predictions.labels,
