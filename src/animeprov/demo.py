@@ -17,7 +17,7 @@ DEMO_VARIANTS = ("cnn-dct-mask", "cnn-pixel")
 
 
 def run_demo(
-    out: str | Path, *, per_class: int = 100, size: int = 128, epochs: int = 8, seed: int = 0
+    out: str | Path, *, per_class: int = 200, size: int = 128, epochs: int = 10, seed: int = 0
 ) -> Path:
     """Returns the path of the Markdown report. Re-running continues where a previous run stopped."""
     out = Path(out)

@@ -128,9 +128,9 @@ def evaluate(
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for data, runs and the report."),
-    per_class: int = typer.Option(100, min=10, help="Synthetic images per class."),
+    per_class: int = typer.Option(200, min=10, help="Synthetic images per class."),
     size: int = typer.Option(128, help="Image and model size."),
-    epochs: int = typer.Option(8, min=1),
+    epochs: int = typer.Option(10, min=1),
     seed: int = typer.Option(0),
 ) -> None:
     """The main job: synthetic data -> split -> train cnn-dct-mask and cnn-pixel -> evaluate -> report."""
