@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 
 from animeprov.config import VARIANTS
-from animeprov.data.manifest import read_rows, write_rows
-from animeprov.data.split import split_manifest
-from animeprov.data.synth import generate_synthetic
+from animeprov.demo import prepare_synthetic_split
 from animeprov.evaluation.evaluate import evaluate_run
 from animeprov.reports.tables import markdown_table
 from animeprov.train import TrainConfig, train
@@ -43,15 +41,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    split_csv = args.split
-    if split_csv is None:
-        manifest = args.out / "synth" / "manifest.csv"
-        if not manifest.exists():
-            generate_synthetic(manifest.parent, args.synth_per_class, size=args.synth_size, seed=args.seed)
-        split_csv = args.out / "split.csv"
-        if not split_csv.exists():
-            rows = split_manifest(list(read_rows(manifest)), ratios=(8, 1, 1), seed=args.seed)
-            write_rows(split_csv, rows, list(rows[0].keys()), source_csv=manifest)
+    split_csv = args.split or prepare_synthetic_split(
+        args.out, per_class=args.synth_per_class, size=args.synth_size, seed=args.seed
+    )
 
     results = []
     for variant in args.variants.split(","):

@@ -6,24 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hand_case import CLASSES, HAND_LABELS, HAND_PROBS
 from PIL import Image
 
 from animeprov.evaluation.metrics import classification_report
 from animeprov.reports.figures import plot_confusion, plot_training_curves
 from animeprov.reports.tables import markdown_table, report_markdown, write_json
-
-CLASSES = ["human", "gen_a", "gen_b"]
-LABELS = [0, 0, 1, 1, 2, 2]
-PROBS = np.array(
-    [
-        [0.8, 0.1, 0.1],
-        [0.4, 0.3, 0.3],
-        [0.1, 0.7, 0.2],
-        [0.2, 0.2, 0.6],
-        [0.6, 0.1, 0.3],
-        [0.05, 0.15, 0.8],
-    ]
-)
 
 
 def _assert_png(path: Path, min_side: int = 200, max_side: int = 3000) -> tuple[int, int]:
@@ -109,7 +97,7 @@ def test_markdown_table_rejects_ragged_rows_and_bad_alignment() -> None:
 
 
 def test_report_markdown_contains_the_numbers() -> None:
-    report = classification_report(LABELS, PROBS, CLASSES)
+    report = classification_report(HAND_LABELS, HAND_PROBS, CLASSES)
     text = report_markdown(report, title="CNN-DCT-Mask on toy data", model_info={"variant": "cnn-dct-mask"})
     lines = text.splitlines()
     assert lines[0] == "# CNN-DCT-Mask on toy data"
@@ -145,7 +133,7 @@ def test_report_markdown_shows_undefined_numbers_as_na() -> None:
 
 
 def test_write_json_round_trips_and_leaves_no_temporary_file(tmp_path: Path) -> None:
-    report = classification_report(LABELS, PROBS, CLASSES)
+    report = classification_report(HAND_LABELS, HAND_PROBS, CLASSES)
     path = tmp_path / "out" / "report.json"
     write_json(report, path)
     assert json.loads(path.read_text()) == report

@@ -23,6 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from animeprov.models import create_model
+
 CONFIG_FILE = "config.json"
 BEST_WEIGHTS = "model.safetensors"
 LAST_STATE = "last.safetensors"
@@ -73,8 +75,6 @@ def read_config(run: Path) -> dict[str, Any]:
 
 def load_model(run: str | Path, *, weights: str = BEST_WEIGHTS, device: str | torch.device = "cpu"):
     """Rebuild the model a run describes and load its weights (stem statistics included), in eval mode."""
-    from animeprov.models import create_model
-
     run = Path(run)
     config = read_config(run)
     model = create_model(config["variant"], len(config["classes"]), config["size"])

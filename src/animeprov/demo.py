@@ -16,12 +16,9 @@ from animeprov.train import TrainConfig, train
 DEMO_VARIANTS = ("cnn-dct-mask", "cnn-pixel")
 
 
-def run_demo(
-    out: str | Path, *, per_class: int = 200, size: int = 128, epochs: int = 10, seed: int = 0
-) -> Path:
-    """Returns the path of the Markdown report. Re-running continues where a previous run stopped."""
-    out = Path(out)
-    data_dir, split_csv = out / "synth", out / "split.csv"
+def prepare_synthetic_split(folder: Path, *, per_class: int, size: int, seed: int) -> Path:
+    """Generate the synthetic benchmark into folder/synth and split it 8:1:1, skipping what exists."""
+    data_dir, split_csv = folder / "synth", folder / "split.csv"
     manifest = data_dir / "manifest.csv"
     if not manifest.exists():
         console.print(f"generating {per_class} images per class at {size}px into {data_dir}")
@@ -33,6 +30,15 @@ def run_demo(
     if not split_csv.exists():
         rows = split_manifest(list(read_rows(manifest)), ratios=(8, 1, 1), seed=seed)
         write_rows(split_csv, rows, list(rows[0].keys()), source_csv=manifest)
+    return split_csv
+
+
+def run_demo(
+    out: str | Path, *, per_class: int = 200, size: int = 128, epochs: int = 10, seed: int = 0
+) -> Path:
+    """Returns the path of the Markdown report. Re-running continues where a previous run stopped."""
+    out = Path(out)
+    split_csv = prepare_synthetic_split(out, per_class=per_class, size=size, seed=seed)
 
     results = []
     for variant in DEMO_VARIANTS:
