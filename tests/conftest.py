@@ -51,3 +51,70 @@ def write_tiny_split(
 @pytest.fixture
 def tiny_split(tmp_path: Path) -> Path:
     return write_tiny_split(tmp_path / "data")
+
+
+# --- Browser tests --------------------------------------------------------------------------------------
+# pytest-playwright drives Debian's chromium (never a downloaded browser). Tests that take the `page`
+# fixture are skipped, with the reason, when that binary is missing; `make test` installs it when it can.
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {
+        **browser_type_launch_args,
+        "executable_path": str(CHROMIUM),
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    }
+
+
+def pytest_collection_modifyitems(config, items):
+    if CHROMIUM.exists():
+        return
+    skip = pytest.mark.skip(reason=f"{CHROMIUM} not installed (make test installs it as root)")
+    for item in items:
+        if "page" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+# --- Live HTTP servers -------------------------------------------------------------------------------------
+@pytest.fixture
+def live_server():
+    """Start an ASGI app with uvicorn on a free localhost port in a thread; returns its base URL.
+
+    Usage: `url = live_server(app)`. Every server started is shut down when the test ends.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    servers = []
+
+    def start(app) -> str:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
