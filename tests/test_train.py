@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from animeprov import checkpoint as ckpt
 from animeprov import train as train_module
+from animeprov.evaluation.calibration import load_calibration
 from animeprov.models import create_model
 from animeprov.train import RunExistsError, TrainConfig, train
 
@@ -49,6 +50,12 @@ def test_training_writes_the_documented_run_folder(tiny_split, tmp_path):
     # The DCT statistics were fitted on the training split and travel with the weights.
     weights = load_file(run / "model.safetensors")
     assert weights["stem.std"].shape == (3, 32, 32) and not torch.all(weights["stem.std"] == 1)
+    # Verdict thresholds were fitted on the val split for exactly these weights.
+    calibration = load_calibration(run)
+    assert calibration.class_names == ["gen-a", "gen-b", "human"] and summary["calibration"].startswith(
+        "calibrated"
+    )
+    assert calibration.measured["n_images"] == 6  # 2 val images per class
 
 
 def test_existing_run_is_never_overwritten(tiny_split, tmp_path):

@@ -48,6 +48,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (fp16 AMP on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     weighted_loss: bool = False  # inverse class frequency weights
     human_class: str = DEFAULT_HUMAN_CLASS
+    calibrate: bool = True  # fit calibration.json on the val split once training ends
 
 
 class RunExistsError(RuntimeError):
@@ -218,6 +219,7 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
     for path, reason in skipped.items():
         log.warning("skipped %s: %s", path, reason)
     _plot_curves(run, history)
+    calibration_note = _calibrate(config, run, classes)
     return {
         "run": str(run),
         "epochs_done": state["epoch"],
@@ -225,7 +227,34 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
         "best_val_accuracy": state["best_val_accuracy"],
         "skipped": skipped,
         "classes": classes,
+        "calibration": calibration_note,
     }
+
+
+def _calibrate(config: TrainConfig, run: Path, classes: list[str]) -> str:
+    """Temperature and verdict thresholds on the val split, so a fresh run gives verdicts at once.
+
+    A failure here never loses the trained run: it is reported and `animeprov calibrate` can redo it."""
+    from animeprov.evaluation.calibration import calibrate_run
+
+    if not config.calibrate:
+        return "not calibrated (--no-calibrate)"
+    if config.human_class not in classes:
+        return f"not calibrated: no {config.human_class!r} class to set the false-positive rate on"
+    try:
+        calibrate_run(
+            run,
+            config.data,
+            split="val",
+            human_class=config.human_class,
+            batch_size=config.batch_size,
+            workers=config.workers,
+            device=config.device,
+        )
+    except ValueError as error:
+        log.warning("calibration failed: %s", error)
+        return f"not calibrated: {error}"
+    return f"calibrated on the val split: {run / 'calibration.json'}"
 
 
 def _fit_stem(

@@ -51,6 +51,7 @@ def train(
     precision: str = typer.Option("auto", help="auto (fp16 AMP on CUDA, fp32 on CPU), fp32, bf16, fp16."),
     weighted_loss: bool = typer.Option(False, help="Weight the loss by inverse class frequency."),
     human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
+    calibrate: bool = typer.Option(True, help="Fit calibration.json (verdict thresholds) on the val split."),
     resume: bool = typer.Option(False, help="Continue the run in --out after its last finished epoch."),
 ) -> None:
     """Train one variant on the train split; early-stops on the val split."""
@@ -73,6 +74,7 @@ def train(
         precision=precision,
         weighted_loss=weighted_loss,
         human_class=human_class,
+        calibrate=calibrate,
     )
     try:
         summary = run_training(config, out, resume=resume)
@@ -85,6 +87,7 @@ def train(
         f"best val accuracy {summary['best_val_accuracy']:.4f} at epoch {summary['best_epoch']}; "
         f"run in {summary['run']}"
     )
+    console.print(summary["calibration"])
 
 
 def evaluate(
