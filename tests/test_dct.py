@@ -64,13 +64,24 @@ def test_auto_uses_autograd_capable_matrix_when_a_gradient_is_needed():
 
 
 def test_matrix_cached_inside_inference_mode_still_supports_autograd():
-    dct_module._cached_dct_matrix.cache_clear()
+    dct_module._MATRICES.clear()
     with torch.inference_mode():
         dct2(torch.rand(1, 1, 11, 11), "matrix")
     x = torch.rand(1, 1, 11, 11, requires_grad=True)
     dct2(x, "matrix").square().sum().backward()
     # Parseval: the orthonormal DCT preserves the squared norm, so the gradient of sum(DCT(x)^2) is 2x.
     assert torch.allclose(x.grad, 2 * x.detach(), atol=1e-5)
+
+
+def test_tracing_never_leaves_a_placeholder_matrix_in_the_cache():
+    class MatrixDCT(torch.nn.Module):
+        def forward(self, x):
+            return dct2(x, "matrix")
+
+    dct_module._MATRICES.clear()
+    torch.export.export(MatrixDCT(), (torch.rand(1, 3, 9, 9),))
+    x = torch.rand(1, 3, 9, 9)
+    assert torch.allclose(dct2(x, "matrix"), dct2(x, "scipy"), atol=1e-5)
 
 
 def test_bad_arguments_are_refused():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from animeprov.data.dataset import Batch, collate_samples
 
@@ -71,13 +71,23 @@ def make_loader(
     seed: int = 0,
     workers: int = 0,
     device: torch.device | None = None,
+    sampler: Sampler | Iterable[int] | None = None,
 ) -> DataLoader:
-    """Shuffling is seeded by the caller (seed + epoch), so every epoch's order is reproducible on resume."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    """Shuffling is seeded by the caller (seed + epoch), so every epoch's order is reproducible on resume.
+
+    `sampler` (e.g. this rank's share under torchrun, see `animeprov.distributed`) replaces `shuffle`.
+    Images are decoded and cropped in `workers` processes; for a CUDA `device` batches land in pinned memory,
+    so `_to_device`'s non_blocking copies overlap with the GPU's work.
+    """
+    if sampler is not None and shuffle:
+        raise ValueError("pass either shuffle=True or a sampler, not both")
+    # Also for a sampler: the loader then draws its worker seeds from here, not from torch's global RNG.
+    generator = torch.Generator().manual_seed(seed) if shuffle or sampler is not None else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         generator=generator,
         num_workers=workers,
         collate_fn=collate_samples,

@@ -56,15 +56,19 @@ _EXIF_TEXT_TAGS = {
 
 
 class ImageError(ValueError):
-    """An image that cannot be used, with the file (or upload name) and a human-readable reason."""
+    """An image that cannot be used, with the file (or upload name), a human-readable reason and a kind:
+    "not-image" (the bytes are no accepted image format), "too-large" (pixel limit) or "unusable"
+    (missing, empty, corrupt, truncated, unsupported mode, too small for the view). Callers such as the
+    HTTP server map the kind to a status code; the reason is for people."""
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str, kind: str = "unusable") -> None:
         self.path = str(path)
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{self.path}: {reason}")
 
-    def __reduce__(self):  # keeps the two-argument form through pickling (e.g. DataLoader workers)
-        return (type(self), (self.path, self.reason))
+    def __reduce__(self):  # keeps every field through pickling (e.g. DataLoader workers)
+        return (type(self), (self.path, self.reason, self.kind))
 
 
 def _check_colour(colour: tuple[int, int, int], what: str) -> None:
@@ -202,7 +206,9 @@ def _pil_errors(path: str) -> Iterator[None]:
         except (ImageError, MemoryError):
             raise
         except Image.DecompressionBombError as error:
-            raise ImageError(path, f"too many pixels, refused before decoding ({error})") from None
+            raise ImageError(
+                path, f"too many pixels, refused before decoding ({error})", kind="too-large"
+            ) from None
         except Exception as error:  # PIL plugins raise many types on bad data: OSError, ValueError, ...
             reason = f"corrupt or truncated image data ({type(error).__name__}: {error})"
             raise ImageError(path, reason) from None
@@ -218,7 +224,7 @@ def _identify(stream: BinaryIO, path: str) -> Image.Image:
     if claimed:  # the right magic bytes, but PIL could not parse the header
         raise ImageError(path, f"corrupt or truncated image data (invalid {claimed} header)")
     accepted = ", ".join(ACCEPTED_FORMATS)
-    raise ImageError(path, f"not a recognised image (accepted formats: {accepted})")
+    raise ImageError(path, f"not a recognised image (accepted formats: {accepted})", kind="not-image")
 
 
 def _format_from_signature(prefix: bytes) -> str | None:
@@ -246,6 +252,7 @@ def _check_pixels(image: Image.Image, path: str, max_pixels: int) -> None:
             path,
             f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
             "(possible decompression bomb)",
+            kind="too-large",
         )
 
 

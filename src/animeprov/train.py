@@ -12,10 +12,13 @@ import torch
 from torch import nn
 
 from animeprov import checkpoint as ckpt
+from animeprov import distributed
 from animeprov.config import DEFAULT_HUMAN_CLASS, get_variant
 from animeprov.data.dataset import ImageDataset, class_names_of, read_split_rows
 from animeprov.data.manifest import file_digest
 from animeprov.engine import (
+    EpochResult,
+    Predictions,
     keep_freed_memory,
     make_loader,
     predict,
@@ -25,6 +28,7 @@ from animeprov.engine import (
     train_one_epoch,
 )
 from animeprov.models import create_model
+from animeprov.perturb import parse_augment
 from animeprov.progress import progress_bar
 from animeprov.transforms.stem import fit_stem_statistics
 
@@ -49,6 +53,7 @@ class TrainConfig:
     weighted_loss: bool = False  # inverse class frequency weights
     human_class: str = DEFAULT_HUMAN_CLASS
     calibrate: bool = True  # fit calibration.json on the val split once training ends
+    augment: str = ""  # train split only: random perturbations, e.g. "resize,jpeg,p=0.5" (animeprov.perturb)
 
 
 class RunExistsError(RuntimeError):
@@ -90,25 +95,36 @@ def _write_metrics(run: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train `config.variant` and return a summary. Writes everything documented in `checkpoint`."""
+    """Train `config.variant` and return a summary. Writes everything documented in `checkpoint`.
+
+    Under `torchrun` with several processes this trains data-parallel (see `animeprov.distributed`): every
+    rank runs this function, rank 0 alone writes the run folder.
+    """
     run = Path(out)
     get_variant(config.variant)  # fail fast on a typo
-    if (run / ckpt.CONFIG_FILE).exists() and not resume:
-        raise RunExistsError(
-            f"{run}: already holds a run; pass --resume to continue it or choose another --out"
-        )
-    run.mkdir(parents=True, exist_ok=True)
-    handler = _setup_log(run)
+    joined = distributed.init_if_launched(config.device)
+    handler = None
     try:
+        if (run / ckpt.CONFIG_FILE).exists() and not resume:
+            raise RunExistsError(
+                f"{run}: already holds a run; pass --resume to continue it or choose another --out"
+            )
+        distributed.barrier()  # every rank has looked for an old run before rank 0 starts writing this one
+        if distributed.is_main():
+            run.mkdir(parents=True, exist_ok=True)
+            handler = _setup_log(run)
         return _train(config, run, resume)
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        if joined:
+            distributed.shutdown()
 
 
 def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
     torch.manual_seed(config.seed)
-    device = select_device(config.device)
+    device = distributed.rank_device(select_device(config.device))
     train_rows = read_split_rows(config.data, "train")
     val_rows = read_split_rows(config.data, "val")
     classes = class_names_of(train_rows)
@@ -118,17 +134,25 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
             config.human_class,
             classes,
         )
-    train_set = ImageDataset(config.data, train_rows, classes, config.size)
+    train_set = ImageDataset(
+        config.data,
+        train_rows,
+        classes,
+        config.size,
+        augment=parse_augment(config.augment, min_side=config.size),
+        augment_seed=config.seed,
+    )
     val_set = ImageDataset(config.data, val_rows, classes, config.size)
     counts = train_set.class_counts()
     imbalance = max(counts.values()) / max(min(counts.values()), 1)
     log.info(
-        "classes %s, train counts %s (imbalance %.2fx), val %d images, device %s",
+        "classes %s, train counts %s (imbalance %.2fx), val %d images, device %s, %d process(es)",
         classes,
         counts,
         imbalance,
         len(val_set),
         device,
+        distributed.world_size(),
     )
 
     model = create_model(config.variant, len(classes), config.size)
@@ -153,73 +177,97 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
                 raise ValueError(f"{run}: cannot resume: {key} was {previous[key]!r}, now {wanted!r}")
         state = ckpt.load_training_state(run / ckpt.LAST_STATE, model, optimizer, scheduler)
         log.info("resuming after epoch %d", state["epoch"])
+        if previous.get("world_size", 1) != distributed.world_size():
+            log.warning(
+                "resuming with %d process(es), the run began with %d: the global batch is now %d images",
+                distributed.world_size(),
+                previous.get("world_size", 1),
+                config.batch_size * distributed.world_size(),
+            )
     else:
         if model.stem.needs_statistics:
             _fit_stem(model, train_set, config, skipped)
-        ckpt.write_config(run, _run_config(config, classes, counts, model))
+        if distributed.is_main():
+            ckpt.write_config(run, _run_config(config, classes, counts, model))
     history = _read_metrics(run, state["epoch"])
 
     prepare_model(model, device)
-    with progress_bar() as bar:
+    trained = distributed.wrap_model(model, device)  # DDP under torchrun; save and evaluate `model` itself
+    with _progress_bar() as bar:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             if state["stale_epochs"] >= config.patience:
                 break
-            task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=len(train_set), info="")
+            train_set.set_epoch(epoch)  # new, reproducible augmentations each epoch
+            sampler = distributed.train_sampler(train_set, seed=config.seed * 100_003, epoch=epoch)
             loader = make_loader(
                 train_set,
                 config.batch_size,
-                shuffle=True,
+                shuffle=sampler is None,
                 seed=config.seed * 100_003 + epoch,
                 workers=config.workers,
                 device=device,
+                sampler=sampler,
             )
-            result = train_one_epoch(
-                model,
-                loader,
-                optimizer,
-                loss_fn,
-                device,
-                precision=config.precision,
-                scaler=scaler,
-                on_batch=lambda n, info, t=task: bar.update(t, advance=n, info=info),
-            )
+            task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=len(loader.sampler), info="")
+            with distributed.join(trained):
+                result = train_one_epoch(
+                    trained,
+                    loader,
+                    optimizer,
+                    loss_fn,
+                    device,
+                    precision=config.precision,
+                    scaler=scaler,
+                    on_batch=lambda n, info, t=task: bar.update(t, advance=n, info=info),
+                )
+            result = _all_ranks_train_result(result)
             val = predict(
                 model,
-                make_loader(val_set, config.batch_size, workers=config.workers, device=device),
+                make_loader(
+                    val_set,
+                    config.batch_size,
+                    workers=config.workers,
+                    device=device,
+                    sampler=distributed.shard_indices(len(val_set)),
+                ),
                 device,
                 precision=config.precision,
             )
+            val_loss, val_accuracy, val_errors = _all_ranks_val_metrics(val)
             scheduler.step()
-            for path, reason in result.errors + val.errors:
+            for path, reason in result.errors + val_errors:
                 skipped[path] = reason
             row = {
                 "epoch": epoch,
                 "train_loss": result.loss,
                 "train_accuracy": result.accuracy,
-                "val_loss": val.loss(),
-                "val_accuracy": val.accuracy(),
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
                 "lr": optimizer.param_groups[0]["lr"],
                 "images_per_second": result.images_per_second,
-                "seconds": result.seconds + val.seconds,
+                "seconds": result.seconds + distributed.all_reduce_max(val.seconds),
                 "skipped_files": len(skipped),
             }
+            # Every rank takes the same decisions: the metrics above are the same on all of them.
             improved = row["val_accuracy"] > state["best_val_accuracy"]
             if improved:
-                ckpt.save_weights(model, run / ckpt.BEST_WEIGHTS)
                 state.update(best_val_accuracy=row["val_accuracy"], best_epoch=epoch, stale_epochs=0)
             else:
                 state["stale_epochs"] += 1
             state["epoch"] = epoch
-            # Best weights first, then the state that records them: a kill in between only repeats this epoch.
-            ckpt.save_training_state(run / ckpt.LAST_STATE, model, optimizer, scheduler, state)
             history.append(row)
-            _write_metrics(run, history)
+            if distributed.is_main():
+                _save_epoch(run, model, optimizer, scheduler, state, history, improved)
+            distributed.barrier()  # nobody goes on (or reads the run) while rank 0 is writing it
             bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {row['val_accuracy']:.3f}")
             log.info("epoch %d %s", epoch, json.dumps(row))
-    for path, reason in skipped.items():
-        log.warning("skipped %s: %s", path, reason)
-    _plot_curves(run, history)
-    calibration_note = _calibrate(config, run, classes)
+    if distributed.is_main():
+        for path, reason in skipped.items():
+            log.warning("skipped %s: %s", path, reason)
+        _plot_curves(run, history)
+        calibration_note = _calibrate(config, run, classes)
+    else:
+        calibration_note = f"rank {distributed.rank()}: calibration is rank 0's job"
     return {
         "run": str(run),
         "epochs_done": state["epoch"],
@@ -229,6 +277,64 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
         "classes": classes,
         "calibration": calibration_note,
     }
+
+
+def _progress_bar(*, transient: bool = False) -> Any:
+    """A progress bar shown by rank 0 only, so N processes draw one bar, not N."""
+    bar = progress_bar(transient=transient)
+    bar.disable = not distributed.is_main()
+    return bar
+
+
+def _save_epoch(
+    run: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    history: list[dict[str, Any]],
+    improved: bool,
+) -> None:
+    # Best weights first, then the state that records them: a kill in between only repeats this epoch.
+    if improved:
+        ckpt.save_weights(model, run / ckpt.BEST_WEIGHTS)
+    ckpt.save_training_state(run / ckpt.LAST_STATE, model, optimizer, scheduler, state)
+    _write_metrics(run, history)
+
+
+def _all_ranks_errors(errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(path, reason) of the files no rank could load; `errors` itself in a single process."""
+    return [tuple(error) for part in distributed.gather_json(errors) for error in part]
+
+
+def _all_ranks_train_result(result: EpochResult) -> EpochResult:
+    """One epoch's training metrics over every rank's images (sums and counts all-reduced); as is alone."""
+    if distributed.world_size() == 1:
+        return result
+    loss_sum, correct, images = distributed.all_reduce_sums(
+        [result.loss * result.images, round(result.accuracy * result.images), result.images]
+    )
+    errors = _all_ranks_errors(result.errors)
+    seconds = distributed.all_reduce_max(result.seconds)  # the slowest rank sets the pace
+    return EpochResult(loss_sum / max(images, 1), correct / max(images, 1), int(images), seconds, errors)
+
+
+def _all_ranks_val_metrics(val: Predictions) -> tuple[float, float, list[tuple[str, str]]]:
+    """Validation loss, accuracy and load errors over all ranks' shards of the val split.
+
+    Each rank predicts rows rank, rank + W, ... (no padding), so the sums below cover every val image once
+    and equal a single process's figures up to float rounding.
+    """
+    if distributed.world_size() == 1:
+        return val.loss(), val.accuracy(), val.errors
+    n = len(val.labels)
+    loss_sum, correct, total = distributed.all_reduce_sums(
+        [val.loss() * n if n else 0.0, int((val.probs.argmax(1) == val.labels).sum()), n]
+    )
+    errors = _all_ranks_errors(val.errors)
+    if total == 0:
+        return float("nan"), float("nan"), errors
+    return loss_sum / total, correct / total, errors
 
 
 def _calibrate(config: TrainConfig, run: Path, classes: list[str]) -> str:
@@ -260,21 +366,31 @@ def _calibrate(config: TrainConfig, run: Path, classes: list[str]) -> str:
 def _fit_stem(
     model: nn.Module, train_set: ImageDataset, config: TrainConfig, skipped: dict[str, str]
 ) -> None:
+    """Per-coefficient DCT statistics of the train split. Under torchrun each rank streams its own shard and
+    the shards' statistics are pooled, so all ranks end with the same values at 1/W of the reading time."""
     errors: list[tuple[str, str]] = []
-    loader = make_loader(train_set, config.batch_size, workers=config.workers)
-    with progress_bar(transient=True) as bar:
-        task = bar.add_task("DCT statistics", total=len(train_set), info="")
-        fit_stem_statistics(
+    shard = distributed.shard_indices(len(train_set))
+    loader = make_loader(train_set, config.batch_size, workers=config.workers, sampler=shard)
+    with _progress_bar(transient=True) as bar:
+        task = bar.add_task("DCT statistics", total=len(loader.sampler), info="")
+        stats = fit_stem_statistics(
             model.stem, stem_batches(loader, errors), on_batch=lambda n: bar.update(task, advance=n)
         )
+    count = stats.count
+    if distributed.world_size() > 1:
+        count, mean, var = distributed.pooled_mean_var(stats.count, stats.mean, stats.var)
+        model.stem.set_statistics(mean, var.sqrt().clamp_min(stats.min_std))
+        errors = _all_ranks_errors(errors)
     skipped.update(dict(errors))
-    log.info("fitted DCT statistics on %d training images", len(train_set) - len(errors))
+    log.info("fitted DCT statistics on %d training images", count)
 
 
 def _run_config(config: TrainConfig, classes: list[str], counts: dict[str, int], model: nn.Module) -> dict:
     spec = get_variant(config.variant)
     return {
         **asdict(config),
+        "world_size": distributed.world_size(),  # processes under torchrun; batch_size is per process
+        "global_batch_size": config.batch_size * distributed.world_size(),
         "classes": classes,
         "train_counts": counts,
         "backbone": spec.backbone,

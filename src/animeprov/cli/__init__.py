@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from animeprov.cli import calibrate_command, evidence_command, model_commands
+from animeprov.cli import (
+    calibrate_command,
+    evidence_command,
+    experiment_command,
+    export_command,
+    fingerprint_command,
+    model_commands,
+    predict_command,
+    robustness_command,
+    serve_command,
+    study_command,
+)
 from animeprov.cli.data import data_app
 
 app = typer.Typer(
@@ -17,6 +28,13 @@ app.add_typer(data_app, name="data", help="Build data sets: synthetic benchmark,
 model_commands.register(app)
 evidence_command.register(app)
 calibrate_command.register(app)
+study_command.register(app)
+fingerprint_command.register(app)
+experiment_command.register(app)
+robustness_command.register(app)
+serve_command.register(app)
+predict_command.register(app)
+export_command.register(app)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""`animeprov data ...` commands: synthetic benchmark, dataset index, train/val/test split."""
+"""`animeprov data ...` commands: synthetic benchmark, dataset index, train/val/test split, and the
+paper's data pipeline: prompts, tags, generate, collect, curate."""
 
 from __future__ import annotations
 
@@ -223,6 +224,294 @@ def split(
     stdout.print(
         f"{len(selected)} of {len(rows)} images in the split{left_out}; split: {out}", soft_wrap=True
     )
+
+
+@data_app.command("prompts")
+def prompts(
+    n: int = typer.Option(2000, "--n", min=1, help="Number of prompts."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed and tag file, same prompts)."),
+    style_token: str | None = typer.Option(
+        None, "--style-token", help='Words put first in every prompt, e.g. "classic disney style".'
+    ),
+    tags: Path | None = typer.Option(
+        None, "--tags", exists=True, dir_okay=False, help="Tag file (JSON; default: the one shipped)."
+    ),
+    out: Path = typer.Option(Path("prompts.jsonl"), "--out", "-o", help="JSON-lines file to write."),
+) -> None:
+    """Random prompts from weighted booru tags (one JSON object per line: id, prompt, tags, seed)."""
+    from animeprov.data.prompts import build_prompts, load_tag_set, write_prompts
+
+    try:
+        tag_set = load_tag_set(tags)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--tags") from None
+    count = write_prompts(out, build_prompts(tag_set, n, seed, style_token))
+    stdout.print(f"wrote {count} prompts; {out}", soft_wrap=True)
+
+
+@data_app.command("tags")
+def tags(
+    source: str = typer.Option("safebooru", "--source", help="Name of the booru (recorded in the file)."),
+    base_url: str = typer.Option(
+        "https://safebooru.org/",
+        "--base-url",
+        help="Booru with a Gelbooru-0.2-style index.php?page=dapi API.",
+    ),
+    top: int = typer.Option(300, "--top", min=1, help="Keep this many most-used general tags."),
+    pages: int = typer.Option(5, "--pages", min=1, help="Pages of the tag list to read."),
+    page_size: int = typer.Option(1000, "--page-size", min=1, help="Tags per page."),
+    min_interval: float = typer.Option(1.0, "--min-interval", min=0, help="Seconds between requests."),
+    out: Path = typer.Option(..., "--out", "-o", help="Tag file (JSON) to write."),
+) -> None:
+    """Rebuild a tag file from a booru's tag counts; tags outside the default groups go to "other"."""
+    from animeprov.data.collect import BooruClient, CollectError, fetch_tag_counts
+    from animeprov.data.prompts import load_tag_set, tags_from_counts, write_tag_set
+
+    client = BooruClient(base_url, min_interval=min_interval)
+    try:
+        entries = fetch_tag_counts(client, pages=pages, page_size=page_size)
+        tag_set = tags_from_counts(
+            entries, load_tag_set(), top=top, source=f"{source} tag list ({base_url}), post counts as weights"
+        )
+    except (CollectError, ValueError) as error:
+        console.print(f"error: {error}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    write_tag_set(out, tag_set)
+    summary = ", ".join(f"{group.name} {len(group.tags)}" for group in tag_set.groups)
+    stdout.print(f"wrote {sum(len(g.tags) for g in tag_set.groups)} tags ({summary}); {out}", soft_wrap=True)
+
+
+@data_app.command("generate")
+def generate(
+    model: str = typer.Option(
+        ..., "--model", help="A preset (see --list-presets), a Hugging Face repo id, or a local folder/file."
+    ),
+    prompts_file: Path = typer.Option(
+        ..., "--prompts", exists=True, dir_okay=False, help="Prompts (JSON lines, from `data prompts`)."
+    ),
+    n: int = typer.Option(..., "--n", min=1, help="Images to generate."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for OUT/<class>/*.png and manifest.csv."),
+    size: int = typer.Option(512, "--size", min=8, help="Image side in pixels (a multiple of 8)."),
+    steps: int = typer.Option(30, "--steps", min=1, help="Denoising steps."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale."),
+    scheduler: str = typer.Option("pndm", "--scheduler", help="pndm, ddim, euler, euler-a, lms or dpm++2m."),
+    negative_prompt: str | None = typer.Option(
+        None, "--negative-prompt", help="Negative prompt (default: a short SFW/quality one; '' for none)."
+    ),
+    class_name: str | None = typer.Option(
+        None, "--class", help="Class of the images (default: the preset name or the model's name)."
+    ),
+    style_token: str | None = typer.Option(
+        None, "--style-token", help="Put first in prompts lacking it (default: the preset's; '' for none)."
+    ),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per pipeline call."),
+    seed: int = typer.Option(0, "--seed", help="Seeds for images beyond the prompts' own (n > prompts)."),
+    device: str | None = typer.Option(None, "--device", help="cuda, cpu, ... (default: cuda if available)."),
+    safety_checker: bool = typer.Option(
+        False,
+        "--safety-checker/--no-safety-checker",
+        help="Run SD's safety checker; flagged images are skipped.",
+    ),
+) -> None:
+    """Generate images with a diffusers Stable Diffusion model; resumable, with settings in each PNG."""
+    from animeprov.data.generate import (
+        DEFAULT_NEGATIVE_PROMPT,
+        GenerateDependencyError,
+        GenerationSettings,
+        generate_images,
+        import_diffusers,
+        load_pipeline,
+        pick_device,
+        resolve_model,
+    )
+    from animeprov.data.prompts import read_prompts
+
+    try:
+        import_diffusers()
+        choice = resolve_model(model, class_name)
+        prompt_list = read_prompts(prompts_file)
+        device_name, dtype = pick_device(device)
+        settings = GenerationSettings(
+            model=choice.model,
+            class_name=choice.class_name,
+            size=size,
+            steps=steps,
+            guidance=guidance,
+            scheduler=scheduler,
+            negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
+            style_token=choice.style_token if style_token is None else style_token,
+            seed=seed,
+            dtype=dtype,
+            safety_checker=safety_checker,
+        )
+    except GenerateDependencyError as error:
+        console.print(f"error: {error}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    console.print(
+        f"model {settings.model} -> class {settings.class_name} on {device_name} ({dtype}); "
+        f"safety checker {'on' if safety_checker else 'off'}",
+        markup=False,
+        soft_wrap=True,
+    )
+    with progress_bar() as bar:
+        task = bar.add_task("generating", total=n, info=str(out))
+        result = generate_images(
+            out,
+            settings,
+            prompt_list,
+            n,
+            load=lambda: load_pipeline(settings, device_name),
+            batch_size=batch_size,
+            on_progress=lambda k: bar.update(task, advance=k),
+        )
+    flagged = f", {result.flagged} flagged by the safety checker (not saved)" if result.flagged else ""
+    stdout.print(
+        f"{result.generated} generated, {result.reused} kept from an earlier run{flagged}; "
+        f"manifest: {result.manifest}",
+        soft_wrap=True,
+    )
+
+
+@data_app.command("collect")
+def collect(
+    source: str = typer.Option("safebooru", "--source", help="Name of the booru (file names, manifest)."),
+    tags: str = typer.Option("", "--tags", help='Search tags, space-separated, e.g. "1girl solo".'),
+    n: int = typer.Option(..., "--n", min=1, help="Images to keep."),
+    before: str | None = typer.Option(
+        None, "--before", help="Keep only posts made before this date (YYYY-MM-DD, UTC), e.g. 2022-08-01."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for OUT/<class>/*.png and manifest.csv."),
+    size: int = typer.Option(512, "--size", min=8, help="Centre-crop side; smaller images are skipped."),
+    base_url: str = typer.Option(
+        "https://safebooru.org/",
+        "--base-url",
+        help="Booru with a Gelbooru-0.2-style index.php?page=dapi API.",
+    ),
+    ratings: str = typer.Option(
+        "safe,general,s,g", "--ratings", help="Comma-separated ratings to keep ('' keeps every rating)."
+    ),
+    class_name: str = typer.Option("human", "--class", help="Class of the images."),
+    max_id: int | None = typer.Option(
+        None, "--max-id", help="Search only posts with id below this (adds id:<N; skips newer posts quickly)."
+    ),
+    page_size: int = typer.Option(100, "--page-size", min=1, max=1000, help="Posts per API page."),
+    max_pages: int = typer.Option(1000, "--max-pages", min=1, help="Stop after this many pages."),
+    min_interval: float = typer.Option(1.0, "--min-interval", min=0, help="Seconds between requests."),
+    retries: int = typer.Option(4, "--retries", min=0, help="Retries of a failed request."),
+    backoff: float = typer.Option(2.0, "--backoff", min=0, help="First retry wait in seconds (doubles)."),
+    artists: bool = typer.Option(
+        False, "--artists/--no-artists", help="Look up artist tags in the tag API (more requests)."
+    ),
+    contact: str | None = typer.Option(
+        None, "--contact", help="Contact (e-mail or URL) added to the User-Agent, so the site can reach you."
+    ),
+) -> None:
+    """Collect human-drawn images from a booru, centre-cropped (never resized); resumable."""
+    from animeprov.data.collect import DEFAULT_USER_AGENT, BooruClient, CollectError, parse_cutoff
+    from animeprov.data.collect import collect as collect_posts
+
+    try:
+        cutoff = parse_cutoff(before) if before else None
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--before") from None
+    user_agent = f"{DEFAULT_USER_AGENT[:-1]}; contact: {contact})" if contact else DEFAULT_USER_AGENT
+    client = BooruClient(
+        base_url, user_agent=user_agent, min_interval=min_interval, retries=retries, backoff=backoff
+    )
+    rating_list = [rating.strip() for rating in ratings.split(",") if rating.strip()]
+    with progress_bar() as bar:
+        task = bar.add_task("collecting", total=n, info=source)
+        try:
+            result = collect_posts(
+                out,
+                client,
+                tags=tags,
+                n=n,
+                before=cutoff,
+                size=size,
+                ratings=rating_list,
+                source_name=source,
+                class_name=class_name,
+                page_size=page_size,
+                max_pages=max_pages,
+                max_id=max_id,
+                lookup_artists=artists,
+                on_progress=lambda kept, note: bar.update(task, completed=kept, info=note[:60]),
+            )
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--out") from None
+        except CollectError as error:
+            console.print(f"error: {error}", style="red", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+    table = Table(title=f"{result.kept} images kept ({result.pages} pages, {result.requests} requests)")
+    table.add_column("skipped because")
+    table.add_column("posts", justify="right")
+    for reason, count in sorted(result.skipped.items()):
+        table.add_row(reason, str(count))
+    stdout.print(table)
+    if result.failed:
+        _warn(f"{result.failed} download(s) failed after retries; rerun to try them again")
+    if result.kept < n:
+        _warn(f"only {result.kept} of {n} images found (no more pages, or --max-pages reached)")
+    stdout.print(f"manifest: {result.manifest}", soft_wrap=True)
+
+
+@data_app.command("curate")
+def curate(
+    folder: Path = typer.Argument(
+        ...,
+        metavar="DIR",
+        exists=True,
+        file_okay=False,
+        help="Image set: DIR/manifest.csv, or images under DIR.",
+    ),
+    reviewers: int = typer.Option(2, "--reviewers", min=1, help="Rounds: reviewer r sees what r-1 accepted."),
+    db: Path | None = typer.Option(None, "--db", help="Decisions database (default: DIR/.curation.sqlite3)."),
+    export: Path | None = typer.Option(
+        None, "--export", help="Write the curated manifest (CSV) and acceptance rates instead of serving."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port."),
+) -> None:
+    """Two-round manual selection in the browser (keyboard-driven); --export writes the "manual" set."""
+    from animeprov.curate.app import LOOPBACK_HOSTS, create_app, export_curation, open_store
+
+    if export is not None:
+        try:
+            store = open_store(folder, reviewers, db)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="DIR") from None
+        summaries = export_curation(store, folder, export)
+        store.close()
+        table = Table(title=f"curation of {folder}")
+        for column in ("round", "shown", "decided", "accepted", "acceptance rate"):
+            table.add_column(column, justify="right")
+        for s in summaries:
+            rate = f"{s.acceptance_rate:.1%}" if s.acceptance_rate is not None else "-"
+            table.add_row(str(s.round), str(s.eligible), str(s.decided), str(s.accepted), rate)
+        stdout.print(table)
+        stdout.print(
+            f"curated manifest: {export} (+ {export.with_suffix('.decisions.csv').name}, "
+            f"{export.with_suffix('.summary.json').name})",
+            soft_wrap=True,
+        )
+        return
+
+    import uvicorn
+
+    loopback = host in LOOPBACK_HOSTS
+    try:
+        app = create_app(folder, reviewers, db, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="DIR") from None
+    if not loopback:
+        _warn(f"binding to {host}: anyone who can reach this address can see the images and record decisions")
+    console.print(
+        f"curation page: http://{host}:{port}/?round=1 (Ctrl+C to stop)", markup=False, soft_wrap=True
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def _warn(message: str) -> None:

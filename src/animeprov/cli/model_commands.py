@@ -53,6 +53,11 @@ def train(
     human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
     calibrate: bool = typer.Option(True, help="Fit calibration.json (verdict thresholds) on the val split."),
     resume: bool = typer.Option(False, help="Continue the run in --out after its last finished epoch."),
+    augment: str = typer.Option(
+        "",
+        help="Random perturbations of training images only, e.g. 'resize,jpeg,webp,blur,noise,crop,p=0.5' "
+        "or 'all' (see `animeprov robustness --help`).",
+    ),
 ) -> None:
     """Train one variant on the train split; early-stops on the val split."""
     from animeprov.train import RunExistsError, TrainConfig
@@ -75,6 +80,7 @@ def train(
         weighted_loss=weighted_loss,
         human_class=human_class,
         calibrate=calibrate,
+        augment=augment,
     )
     try:
         summary = run_training(config, out, resume=resume)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from animeprov.io import ImageError, LoadRules, load_image, make_views
 
 # (view (size, size, 3) uint8 or None, label, row index, (path, reason) when loading failed)
 Sample = tuple[np.ndarray | None, int, int, tuple[str, str] | None]
+
+# (decoded pixels, the sample's own generator) -> pixels: a perturbation applied before the view is cut.
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 @dataclass
@@ -47,6 +51,10 @@ class ImageDataset(Dataset):
 
     A file that fails to load is not fatal: the sample comes back with its error and the collate
     function drops it, so a long run never stops on one bad file.
+
+    `augment` (e.g. `animeprov.perturb.Augmenter`, or a fixed perturbation for robustness tests) is applied
+    to the decoded pixels before the view, with a generator seeded by (augment_seed, epoch, index): the
+    same sample gets the same perturbation in any worker process, and a new one after `set_epoch`.
     """
 
     def __init__(
@@ -58,6 +66,8 @@ class ImageDataset(Dataset):
         *,
         view: str = "crop",
         rules: LoadRules = LoadRules(),
+        augment: Augment | None = None,
+        augment_seed: int = 0,
     ) -> None:
         unknown = sorted({row["class"] for row in rows} - set(classes))
         if unknown:
@@ -68,6 +78,13 @@ class ImageDataset(Dataset):
         self.size = size
         self.view = view
         self.rules = rules
+        self.augment = augment
+        self.augment_seed = augment_seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations for the next epoch (call before building that epoch's loader)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -80,6 +97,8 @@ class ImageDataset(Dataset):
         path = self.paths[index]
         try:
             pixels = load_image(path, self.rules).pixels
+            if self.augment is not None:
+                pixels = self.augment(pixels, np.random.default_rng([self.augment_seed, self.epoch, index]))
             view = make_views(pixels, self.size, self.view, path=str(path))[0]
         except ImageError as error:
             return None, self.labels[index], index, (error.path, error.reason)

@@ -100,7 +100,7 @@ def _ratio(numerator: int, denominator: int) -> float | None:
     return float(numerator / denominator) if denominator > 0 else None
 
 
-def _detection_metrics(labels: np.ndarray, probs: np.ndarray, human_index: int, threshold: float) -> dict:
+def detection_metrics(labels: np.ndarray, probs: np.ndarray, human_index: int, threshold: float) -> dict:
     is_generated = labels != human_index
     p_generated = 1.0 - probs[:, human_index]
     judged_generated = p_generated >= threshold
@@ -182,7 +182,7 @@ def classification_report(
         "confusion_matrix": confusion.tolist(),
         "detection": None
         if human_class is None
-        else _detection_metrics(labels, probs, class_names.index(human_class), threshold),
+        else detection_metrics(labels, probs, class_names.index(human_class), threshold),
         "calibration": {
             "ece": expected_calibration_error(probs, labels, n_bins=DEFAULT_ECE_BINS),
             "n_bins": DEFAULT_ECE_BINS,

@@ -12,7 +12,6 @@ Two interchangeable backends compute the same transform:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Literal
 
@@ -25,8 +24,10 @@ Backend = Literal["auto", "scipy", "matrix"]
 _SCIPY_DTYPES = (torch.float32, torch.float64)
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+_MATRICES: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _build_dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     # A matrix first built inside torch.inference_mode() would be an inference tensor, which autograd later
     # refuses to save for backward; build the cached copy as an ordinary tensor whatever the caller's mode.
     with torch.inference_mode(False):
@@ -42,11 +43,19 @@ def dct_matrix(
 ) -> torch.Tensor:
     """The n x n orthonormal DCT-II matrix C (row k = frequency k): `dct(v) = C @ v`, `C @ C.T = I`.
 
-    Cached per (n, dtype, device); treat the result as read-only.
+    Cached per (n, dtype, device); treat the result as read-only. Not cached while torch.compile or
+    torch.export traces: the tensor built then is a placeholder (a fake tensor) that would poison the cache.
+    (A matrix cached before tracing is used as is, and becomes a constant of the traced graph.)
     """
     if n < 1:
         raise ValueError(f"DCT size must be positive, got {n}")
-    return _cached_dct_matrix(int(n), dtype, torch.device(device))
+    key = (int(n), dtype, torch.device(device))
+    if key in _MATRICES:
+        return _MATRICES[key]
+    matrix = _build_dct_matrix(*key)
+    if not torch.compiler.is_compiling():
+        _MATRICES[key] = matrix
+    return matrix
 
 
 def _resolve_backend(x: torch.Tensor, backend: Backend) -> str:

@@ -1,0 +1,60 @@
+"""`animeprov export`: write a run's model (input stem included) to ONNX and check it against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from animeprov.progress import console
+
+
+def export(
+    run: Path = typer.Argument(..., help="Run folder (from `animeprov train`)."),
+    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write (one self-contained file)."),
+    weights: str = typer.Option("model.safetensors", help="Weights file inside RUN."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with PyTorch."),
+) -> None:
+    """ONNX export: input (N, 3, S, S) RGB in [0, 1], outputs logits and calibrated probabilities."""
+    from animeprov.export import export_onnx
+
+    try:
+        result = export_onnx(run, onnx, weights=weights, check=check)
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"{result.path} ({result.path.stat().st_size / 1e6:.1f} MB, {result.seconds:.1f} s)")
+    table.add_column("metadata")
+    table.add_column("value")
+    for key, value in result.metadata.items():
+        table.add_row(key, value)
+    Console().print(table)  # tables go to stdout
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    parity = result.parity
+    if parity is None:
+        return
+    line = (
+        f"parity onnxruntime vs PyTorch on {parity['images']} images (batches {parity['batches']}): "
+        f"max |probability diff| {parity['max_abs_prob_diff']:.3g}, "
+        f"max |logit diff| {parity['max_abs_logit_diff']:.3g}; "
+        f"vs the CPU prediction path (scipy DCT): max |probability diff| "
+        f"{parity['prediction_path_max_abs_prob_diff']:.3g}, "
+        f"max |logit diff| {parity['prediction_path_max_abs_logit_diff']:.3g}"
+    )
+    if not parity["ok"]:
+        console.print(f"[red]parity FAILED[/red] (tolerance {parity['tolerance']:g}): {line}")
+        raise typer.Exit(1)
+    print(line)
+    if parity["prediction_path_max_abs_prob_diff"] > parity["tolerance"]:
+        console.print(
+            "[yellow]note:[/yellow] the difference from the CPU prediction path is the float32 rounding "
+            "of the scipy and matrix DCTs (amplified by log|c| on flat images), not the export; "
+            "see docs/export.md"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(export)

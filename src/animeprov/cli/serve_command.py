@@ -1,0 +1,87 @@
+"""`animeprov serve RUN`: the HTTP API and the browser page for a trained run."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import typer
+
+from animeprov.progress import console
+
+# Host header values (without the port) by which browsers reach a loopback server.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    run: Path = typer.Argument(..., help="Run folder (from `animeprov train`)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the server to the network."
+    ),
+    port: int = typer.Option(8000, min=1, max=65535),
+    fingerprints: Path = typer.Option(
+        None,
+        "--fingerprints",
+        help="Class fingerprints from `animeprov fingerprint` (default RUN/fingerprints).",
+    ),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
+    max_upload_mb: float = typer.Option(20.0, min=0.001, help="Largest request body accepted (MiB)."),
+    max_pixels: int = typer.Option(4096 * 4096, min=1, help="Largest width x height decoded."),
+    max_concurrent: int = typer.Option(2, min=1, help="Predictions computed at once."),
+    max_waiting: int = typer.Option(16, min=0, help="Requests queued beyond those; more get 503."),
+    max_heatmap_views: int = typer.Option(16, min=1, help="Most tiles a heatmap request may cover."),
+    cors_origin: list[str] = typer.Option(
+        [], "--cors-origin", help="Browser origin allowed to call the API (repeat for more). Default: none."
+    ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="Host header value accepted (repeat for more). Default: the loopback names when bound to "
+        "loopback, else any.",
+    ),
+) -> None:
+    """Serve the model: POST /v1/predict, GET /v1/model, GET /healthz, docs at /docs, the page at /."""
+    import uvicorn
+
+    from animeprov.evaluation.calibration import StaleCalibrationError
+    from animeprov.serve import ServeSettings, create_app
+
+    if fingerprints is not None and not fingerprints.is_dir():
+        console.print(f"[red]error:[/red] {fingerprints}: no such fingerprint folder")
+        raise typer.Exit(2)
+    if not allowed_host and _is_loopback(host):
+        allowed_host = list(LOOPBACK_NAMES)
+    if not _is_loopback(host):
+        console.print(
+            f"[yellow]warning:[/yellow] binding to {host}: the server is reachable from other machines; "
+            "it has no authentication"
+        )
+    try:
+        settings = ServeSettings(
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_pixels=max_pixels,
+            max_concurrent=max_concurrent,
+            max_waiting=max_waiting,
+            max_heatmap_views=max_heatmap_views,
+            cors_origins=tuple(cors_origin),
+            allowed_hosts=tuple(allowed_host),
+        )
+        app = create_app(run, settings=settings, fingerprints=fingerprints, device=device)
+    except (ValueError, FileNotFoundError, StaleCalibrationError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    console.print(f"serving {run} on http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=settings.connection_limit())
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)

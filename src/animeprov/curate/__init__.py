@@ -1,0 +1,1 @@
+"""Manual two-round curation of image sets (a keyboard-driven page served on localhost)."""

@@ -1,0 +1,244 @@
+"""ONNX export of a run: the whole model, input stem (DCT, log, normalisation) and CBAM included.
+
+The exported graph takes what the PyTorch model takes, `images` (N, 3, S, S) float32 RGB in [0, 1] (a centre
+crop or tile of the model size, never a resized image), with a dynamic batch size, and returns two outputs:
+`logits` (N, C), the raw scores, and `probabilities` (N, C) = softmax(logits / T), where T is the run's
+calibration temperature (calibration.json) or 1 when it has none. Class names, the human class, T and the
+calibration's verdict thresholds are stored in the model's metadata_props.
+
+The stem's CPU DCT is scipy, which no exporter can see into; the export uses the matrix DCT (two matmuls,
+the same transform) so the DCT is part of the graph. `parity_check` compares onnxruntime against the
+same mathematics in PyTorch (the exporter's error) and against the model as `animeprov predict` runs it
+on CPU (scipy DCT: that adds the two DCT implementations' float32 rounding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import animeprov
+from animeprov.checkpoint import BEST_WEIGHTS, load_model
+from animeprov.config import DEFAULT_HUMAN_CLASS
+from animeprov.evaluation.calibration import Calibration, load_calibration
+from animeprov.layers.cbam import CBAM
+from animeprov.transforms.dct import dct_matrix
+from animeprov.transforms.stem import DCTStem
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("logits", "probabilities")
+# Max |probability difference| between onnxruntime and PyTorch that still counts as the same model.
+PARITY_TOLERANCE = 1e-4
+# The batch sizes the parity check runs: 1 and an odd size that no export example used.
+PARITY_BATCHES = (1, 7)
+
+
+class ExportedClassifier(nn.Module):
+    """images -> (logits, softmax(logits / temperature)): the graph that is written to ONNX."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(images)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: dict[str, str]
+    parity: dict[str, Any] | None = None  # from `parity_check`, when it ran
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def exportable_copy(model: nn.Module) -> nn.Module:
+    """A copy in eval mode that the exporter can trace: the matrix DCT (not scipy) in DCT stems, and CBAM
+    without the Python-side bookkeeping of its last gates."""
+    exportable = copy.deepcopy(model).eval()
+    for module in exportable.modules():
+        if isinstance(module, DCTStem):
+            module.dct_backend = "matrix"
+        if isinstance(module, CBAM):
+            module.keep_gates = False
+    return exportable
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_metadata(
+    config: dict[str, Any], calibration: Calibration | None, weights_path: Path
+) -> dict[str, str]:
+    """The strings stored as the ONNX model's metadata_props."""
+    size = config["size"]
+    metadata = {
+        "animeprov_version": animeprov.__version__,
+        "variant": config["variant"],
+        "size": str(size),
+        "classes": json.dumps(list(config["classes"])),
+        "human_class": calibration.human_class
+        if calibration
+        else config.get("human_class", DEFAULT_HUMAN_CLASS),
+        "input": f"{INPUT_NAME}: (N, 3, {size}, {size}) float32 RGB in [0, 1]; a centre crop or tile of the "
+        "model size, never a resized image",
+        "outputs": "logits: (N, classes) raw scores; probabilities: (N, classes) = "
+        "softmax(logits / temperature)",
+        "temperature": repr(calibration.temperature if calibration else 1.0),
+        "calibrated": "true" if calibration else "false",
+        "weights_sha256": _sha256(weights_path),
+    }
+    if calibration:
+        metadata["calibration"] = json.dumps(
+            {
+                "ai_threshold": calibration.ai_threshold,
+                "artist_threshold": calibration.artist_threshold,
+                "unknown_threshold": calibration.unknown_threshold,
+                "bands": calibration.bands(),
+            }
+        )
+    return metadata
+
+
+def parity_images(size: int, seed: int = 0) -> torch.Tensor:
+    """Test inputs for the parity check: uniform noise, and flat-coloured blocks with a few hard lines
+    (quantised to 8 bits) whose many near-zero DCT coefficients stress the log in the stem."""
+    generator = torch.Generator().manual_seed(seed)
+    n = sum(PARITY_BATCHES)
+    noise = torch.rand(n - n // 2, 3, size, size, generator=generator)
+    blocks = torch.rand(n // 2, 3, 4, 4, generator=generator)
+    flat = torch.nn.functional.interpolate(blocks, size=(size, size), mode="nearest")
+    flat[:, :, size // 3, :] = 0.0  # a black line, as in line art
+    flat = (flat * 255).round() / 255
+    return torch.cat([noise, flat])
+
+
+def parity_check(
+    model: nn.Module, onnx_path: Path, temperature: float, images: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Max |difference| of probabilities and logits between onnxruntime and PyTorch over `images` (default
+    `parity_images`), run in batches of PARITY_BATCHES.
+
+    Two references: the same mathematics in PyTorch (`exportable_copy`: matrix DCT), which measures the
+    exporter and decides `ok`; and the model as `animeprov predict` runs it on CPU (scipy DCT), whose
+    difference adds the two DCT implementations' float32 rounding (`prediction_path_*`; equal to the first
+    for pixel variants). On flat-coloured images that rounding, amplified by log|c| where coefficients are
+    exactly zero, is the larger part (docs/export.md).
+    """
+    import onnxruntime
+
+    images = parity_images(model.size) if images is None else images
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    references = {
+        "": ExportedClassifier(exportable_copy(model), temperature).eval(),
+        "prediction_path_": ExportedClassifier(model, temperature).eval(),
+    }
+    worst = {f"{prefix}max_abs_{what}_diff": 0.0 for prefix in references for what in ("prob", "logit")}
+    start, batches = 0, []
+    while start < len(images):
+        batch = images[start : start + PARITY_BATCHES[len(batches) % len(PARITY_BATCHES)]]
+        start += len(batch)
+        batches.append(len(batch))
+        onnx_logits, onnx_probs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch.numpy()})
+        for prefix, reference in references.items():
+            with torch.no_grad():
+                logits, probs = (t.numpy() for t in reference(batch))
+            for what, ours, theirs in (("prob", onnx_probs, probs), ("logit", onnx_logits, logits)):
+                key = f"{prefix}max_abs_{what}_diff"
+                worst[key] = max(worst[key], float(np.abs(ours - theirs).max()))
+    return {
+        "images": len(images),
+        "batches": batches,
+        **worst,
+        "tolerance": PARITY_TOLERANCE,
+        "ok": worst["max_abs_prob_diff"] <= PARITY_TOLERANCE,
+    }
+
+
+def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """An exported model's metadata_props as a dict."""
+    import onnx
+
+    return {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def export_onnx(
+    run: str | Path, out: str | Path, *, weights: str = BEST_WEIGHTS, check: bool = True
+) -> ExportResult:
+    """Write RUN's model to `out` as one self-contained ONNX file and (with `check`) measure parity.
+
+    Raises FileNotFoundError / ValueError (StaleCalibrationError included) for a run that cannot be
+    exported as it is.
+    """
+    start = time.perf_counter()
+    run, out = Path(run), Path(out)
+    model, config = load_model(run, weights=weights)
+    calibration = load_calibration(run)
+    temperature = calibration.temperature if calibration else 1.0
+    wrapped = ExportedClassifier(exportable_copy(model), temperature).eval()
+    example = torch.rand(2, 3, model.size, model.size, generator=torch.Generator().manual_seed(0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build the cached DCT matrix with real values now, so the graph gets it as a constant. Built during
+    # tracing, it became a chain of ops that onnxruntime computed less exactly (logits of flat images off by
+    # up to 0.32), and the cache kept the tracer's fake tensor, breaking later matrix DCTs in this process.
+    dct_matrix(model.size)
+    metadata = export_metadata(config, calibration, run / weights)
+    # Written under a temporary name and renamed when complete: a failed export leaves no half file at `out`.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        # The exporter reports its progress with print(); keep stdout for the command's own output.
+        with contextlib.redirect_stdout(sys.stderr):
+            torch.onnx.export(
+                wrapped,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1)}},
+                external_data=False,
+                dynamo=True,
+                verbose=False,
+            )
+        _write_metadata(tmp, metadata)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result = ExportResult(path=out, metadata=metadata)
+    if calibration is None:
+        result.notes.append("no calibration.json: probabilities are the uncalibrated softmax (temperature 1)")
+    if check:
+        result.parity = parity_check(model, out, temperature)
+    result.seconds = time.perf_counter() - start
+    return result

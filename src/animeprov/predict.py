@@ -1,0 +1,552 @@
+"""Prediction for users: `Predictor.from_checkpoint(run).predict(image)` and a streaming `predict_many`.
+
+One image goes through: load (`animeprov.io`, the one place for bad-input rules) -> metadata evidence (kept
+apart, never folded into the verdict) -> views (one centre crop, or every tile of the centred grid for
+images larger than the model input; never a silent resize) -> model -> the views' log-probabilities are
+averaged (a geometric mean of the tiles' probabilities, renormalised; equal to the softmax of the mean
+logits) -> temperature and verdict from the run's calibration.json.
+
+`predict_many` streams: items are taken lazily, decoded (optionally in DataLoader worker processes, which
+overlaps decoding with the model), their views batched across images, and each result is yielded, in input
+order, as soon as its last view has been through the model. Memory stays flat however many items there are.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy.special import log_softmax, softmax
+
+import animeprov
+from animeprov.config import DEFAULT_HUMAN_CLASS
+from animeprov.engine import PRECISIONS, autocast, prepare_model, select_device
+from animeprov.evaluation.calibration import (
+    Calibration,
+    StaleCalibrationError,
+    apply_temperature,
+    load_calibration,
+    verdicts,
+)
+from animeprov.evidence import evidence_summary, read_evidence
+from animeprov.io import (
+    VIEW_MODES,
+    ImageError,
+    LoadedImage,
+    LoadRules,
+    load_image,
+    make_views,
+    sha256_file,
+    tile_grid,
+)
+
+PREDICT_VIEWS = ("auto", *VIEW_MODES)
+# Threshold names accepted by `thresholds=`, as Calibration.with_thresholds calls them.
+THRESHOLD_NAMES = ("ai", "artist", "unknown")
+
+Item = str | os.PathLike | bytes | Image.Image | LoadedImage | tuple[str, bytes]
+
+
+@dataclass
+class ImagePrediction:
+    source: str  # file path, or the upload's name
+    probabilities: dict[str, float]  # per class, temperature-calibrated when the run has calibration.json
+    p_generated: float  # 1 - probabilities[human_class]
+    verdict: str | None  # "artist" | "ai" | "unsure"; None when the run has no calibration
+    generator: str | None  # for "ai": the most likely generator, or "unknown"; else None
+    view: str  # "crop" | "tiles" (or "pad" | "resize" when asked for)
+    n_views: int
+    evidence: dict  # evidence_summary(...): metadata, NEVER folded into the verdict
+    notes: list[str]  # loading notes (EXIF rotation applied, alpha composited, first frame only, ...)
+    error: str | None = None  # "path: reason" for an unreadable file; the other fields are then empty/zero
+    heatmap: np.ndarray | None = None  # (H, W) float32 in [0, 1] aligned with the image as loaded
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, without the heatmap array."""
+        data = asdict(self)
+        data.pop("heatmap")
+        return data
+
+    @classmethod
+    def failed(cls, source: str, error: str) -> ImagePrediction:
+        return cls(source, {}, 0.0, None, None, "", 0, {}, [], error=error)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and views (pure functions: they run in DataLoader workers too)
+# ----------------------------------------------------------------------------------------------
+
+
+def choose_view(height: int, width: int, size: int, view: str = "auto") -> str:
+    """ "auto": tiles when the image is larger than the model input on either side, else crop (which
+    refuses an image smaller than the input: pad or resize must then be asked for)."""
+    if view not in PREDICT_VIEWS:
+        raise ValueError(f"unknown view {view!r}; choose one of {', '.join(PREDICT_VIEWS)}")
+    if view != "auto":
+        return view
+    return "tiles" if (height > size or width > size) and height >= size and width >= size else "crop"
+
+
+def view_corners(height: int, width: int, size: int, view: str) -> list[tuple[int, int]] | None:
+    """(top, left) of each view in the loaded image, in `make_views` order; None for pad/resize views,
+    which are not a window of the image."""
+    if view == "crop":
+        return [((height - size) // 2, (width - size) // 2)]
+    if view == "tiles":
+        return tile_grid(height, width, size)
+    return None
+
+
+def aggregate_log_probs(log_probs: np.ndarray) -> np.ndarray:
+    """Class probabilities of one image from its views' log-probabilities (K, C): softmax of the mean.
+
+    log p_k = logits_k - logsumexp(logits_k), and softmax ignores per-row constants, so this equals the
+    softmax of the mean logits: one view gives back its own probabilities.
+    """
+    return softmax(np.asarray(log_probs, dtype=np.float64).mean(axis=0))
+
+
+def _read_file(path: str) -> bytes:
+    """A regular file's bytes; anything else (missing, folder, FIFO) raises load_image's ImageError."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        load_image(path)  # raises the ImageError that says what is wrong with it
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
+
+
+def _pil_to_bytes(image: Image.Image) -> bytes:
+    """A PIL image as lossless bytes that load_image decodes to the same pixels: its rules (orientation,
+    alpha, 16-bit) then apply exactly as for a file. PNG keeps text chunks (generation metadata); modes PNG
+    cannot hold (CMYK, ...) go through TIFF."""
+    from PIL.PngImagePlugin import PngInfo
+
+    buffer = io.BytesIO()
+    exif = image.getexif()
+    if image.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
+        text = PngInfo()
+        for key, value in image.info.items():
+            if isinstance(key, str) and isinstance(value, str):
+                text.add_itxt(key, value)
+        image.save(buffer, format="PNG", pnginfo=text, exif=exif)
+    else:
+        image.save(buffer, format="TIFF", exif=exif)
+    return buffer.getvalue()
+
+
+def load_item(
+    item: Item, rules: LoadRules = LoadRules(), *, name: str | None = None
+) -> tuple[LoadedImage, bytes | None]:
+    """(decoded image, raw bytes or None) for a path, bytes, (name, bytes), PIL image or LoadedImage."""
+    if isinstance(item, LoadedImage):
+        return item, None
+    if isinstance(item, tuple):
+        name, item = item
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        raw = bytes(item)
+        return load_image(raw, rules, name=name or "<bytes>"), raw
+    if isinstance(item, Image.Image):
+        display = name or getattr(item, "filename", "") or "<PIL image>"
+        try:
+            raw = _pil_to_bytes(item)
+        except Exception as error:  # PIL raises many types for images it cannot write
+            raise ImageError(
+                display, f"cannot convert the PIL image ({type(error).__name__}: {error})"
+            ) from None
+        loaded = load_image(raw, rules, name=display)
+        loaded.format = item.format or "PIL"
+        return loaded, None
+    path = os.fspath(item)
+    raw = _read_file(path)
+    return load_image(raw, rules, name=name or path), raw
+
+
+@dataclass
+class Prepared:
+    """One image made ready for the model: what a loader worker hands to the main process."""
+
+    source: str
+    views: np.ndarray | None  # (K, size, size, 3) uint8
+    view: str = ""
+    notes: list[str] = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)
+    corners: list[tuple[int, int]] | None = None
+    shape: tuple[int, int] = (0, 0)  # (height, width) of the image as loaded
+    pixels: np.ndarray | None = None  # kept only for heatmaps
+    error: str | None = None
+
+
+def prepare(
+    item: Item,
+    size: int,
+    view: str = "auto",
+    rules: LoadRules = LoadRules(),
+    *,
+    name: str | None = None,
+    keep_pixels: bool = False,
+) -> Prepared:
+    """Load, read evidence, cut views. Raises ImageError for a bad image."""
+    loaded, raw = load_item(item, rules, name=name)
+    height, width = loaded.height, loaded.width
+    chosen = choose_view(height, width, size, view)
+    views = np.stack(make_views(loaded.pixels, size, chosen, path=loaded.path))
+    return Prepared(
+        source=loaded.path,
+        views=views,
+        view=chosen,
+        notes=list(loaded.notes),
+        evidence=evidence_summary(read_evidence(loaded, raw)),
+        corners=view_corners(height, width, size, chosen),
+        shape=(height, width),
+        pixels=loaded.pixels if keep_pixels else None,
+    )
+
+
+def _source_name(item: Item) -> str:
+    if isinstance(item, LoadedImage):
+        return item.path
+    if isinstance(item, tuple):
+        return str(item[0])
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(item, Image.Image):
+        return getattr(item, "filename", "") or "<PIL image>"
+    return os.fspath(item)
+
+
+def prepare_or_error(item: Item, size: int, view: str, rules: LoadRules) -> Prepared:
+    """`prepare`, with any failure turned into `Prepared.error`: one bad file never stops a stream."""
+    try:
+        return prepare(item, size, view, rules)
+    except ImageError as error:
+        return Prepared(source=error.path, views=None, error=str(error))
+    except Exception as error:  # e.g. MemoryError on a huge image: reported for this file, the rest goes on
+        source = _source_name(item)
+        return Prepared(source=source, views=None, error=f"{source}: {type(error).__name__}: {error}")
+
+
+class _PrepareDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose "indices" are the items themselves: the DataLoader's sampler is the (lazy)
+    item iterable, so the main process pulls items one by one, workers decode them, and results come back
+    in order with at most prefetch_factor x workers items in flight."""
+
+    def __init__(self, size: int, view: str, rules: LoadRules) -> None:
+        self.size, self.view, self.rules = size, view, rules
+
+    def __getitem__(self, item: Item) -> Prepared:
+        return prepare_or_error(item, self.size, self.view, self.rules)
+
+
+def _no_collate(prepared: Prepared) -> Prepared:
+    return prepared
+
+
+def _prepared_stream(items: Iterable[Item], size: int, view: str, rules: LoadRules, workers: int):
+    if workers == 0:
+        return (prepare_or_error(item, size, view, rules) for item in items)
+    loader = torch.utils.data.DataLoader(
+        _PrepareDataset(size, view, rules),
+        sampler=items,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_no_collate,
+        prefetch_factor=4,
+    )
+    return iter(loader)
+
+
+# ----------------------------------------------------------------------------------------------
+# The predictor
+# ----------------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """A run's model with its calibration, ready to judge images. Build with `from_checkpoint`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        classes: list[str],
+        size: int,
+        variant: str,
+        human_class: str = DEFAULT_HUMAN_CLASS,
+        calibration: Calibration | None = None,
+        device: str | torch.device = "cpu",
+        load_rules: LoadRules = LoadRules(),
+        precision: str = "auto",
+        weights_sha256: str | None = None,
+        run: str | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if human_class not in classes:
+            raise ValueError(f"human class {human_class!r} is not among the model's classes {classes}")
+        self.device = torch.device(device) if not isinstance(device, torch.device) else device
+        self.model = prepare_model(model, self.device).eval()
+        self.classes = list(classes)
+        self.size = int(size)
+        self.variant = variant
+        self.human_class = human_class
+        self.calibration = calibration
+        self.load_rules = load_rules
+        self.precision = precision
+        self.weights_sha256 = weights_sha256
+        self.run = run
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        run: str | os.PathLike,
+        *,
+        device: str = "auto",
+        weights: str = "model.safetensors",
+        thresholds: dict[str, float] | None = None,
+        load_rules: LoadRules = LoadRules(),
+        precision: str = "auto",
+    ) -> Predictor:
+        """Load a run folder. `thresholds` ({"ai", "artist", "unknown"}: P(generated) / generator-score
+        cut-offs) override calibration.json's. A run without calibration.json gives verdict None, unless
+        both "ai" and "artist" thresholds are given: they then apply to the uncalibrated probabilities
+        (temperature 1). Raises StaleCalibrationError if calibration.json was fitted for other weights."""
+        from animeprov.checkpoint import load_model
+
+        run = Path(run)
+        torch_device = _default_device(device)
+        model, config = load_model(run, weights=weights, device="cpu")
+        classes = list(config["classes"])
+        human_class = config.get("human_class", DEFAULT_HUMAN_CLASS)
+        calibration = load_calibration(run)
+        fitted_for = calibration.source.get("weights") if calibration else None
+        if fitted_for and fitted_for != weights:
+            raise StaleCalibrationError(
+                f"{run}: calibration.json was fitted for {fitted_for}, not {weights}; "
+                f"run `animeprov calibrate` for those weights"
+            )
+        calibration = _with_thresholds(calibration, thresholds, classes, human_class)
+        return cls(
+            model,
+            classes=classes,
+            size=int(config["size"]),
+            variant=config["variant"],
+            human_class=human_class,
+            calibration=calibration,
+            device=torch_device,
+            load_rules=load_rules,
+            precision=precision,
+            weights_sha256=sha256_file(run / weights),
+            run=str(run),
+        )
+
+    def info(self) -> dict[str, Any]:
+        calibration = self.calibration
+        return {
+            "run": self.run,
+            "classes": self.classes,
+            "variant": self.variant,
+            "size": self.size,
+            "human_class": self.human_class,
+            "animeprov": animeprov.__version__,
+            "device": str(self.device),
+            "weights_sha256": self.weights_sha256,
+            "calibrated": calibration is not None and calibration.measured != {},
+            "thresholds": None
+            if calibration is None
+            else {
+                "temperature": calibration.temperature,
+                "ai": calibration.ai_threshold,
+                "artist": calibration.artist_threshold,
+                "unknown": calibration.unknown_threshold,
+                "overrides": calibration.overrides,
+                "bands": calibration.bands(),
+            },
+        }
+
+    # --- model ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def log_probs(self, views: np.ndarray) -> np.ndarray:
+        """Views (B, size, size, 3) uint8 -> (B, classes) float64 log-softmax of the logits."""
+        pixels = torch.from_numpy(np.ascontiguousarray(views)).to(self.device, non_blocking=True)
+        # (B, H, W, 3) permuted is already a channels_last (B, 3, H, W) tensor: no copy for the layout.
+        images = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        with autocast(self.device, self.precision):
+            logits = self.model(images)
+        return log_softmax(logits.float().cpu().numpy().astype(np.float64), axis=1)
+
+    def _result(self, prepared: Prepared, log_probs: np.ndarray) -> ImagePrediction:
+        raw = aggregate_log_probs(log_probs)[None, :]
+        human = self.classes.index(self.human_class)
+        if self.calibration is None:
+            probs, verdict, generator = raw[0], None, None
+        else:
+            probs = apply_temperature(raw, self.calibration.temperature)[0]
+            judged = verdicts(raw, self.calibration)[0]
+            verdict, generator = judged["verdict"], judged["generator"]
+        probabilities = {name: float(p) for name, p in zip(self.classes, probs, strict=True)}
+        return ImagePrediction(
+            source=prepared.source,
+            probabilities=probabilities,
+            p_generated=float(1.0 - probs[human]),
+            verdict=verdict,
+            generator=generator,
+            view=prepared.view,
+            n_views=len(log_probs),
+            evidence=prepared.evidence,
+            notes=prepared.notes,
+        )
+
+    # --- public --------------------------------------------------------------------------------
+
+    def predict(
+        self, item: Item, *, view: str = "auto", heatmap: bool = False, name: str | None = None
+    ) -> ImagePrediction:
+        """One image: a path, bytes, (name, bytes), PIL image or LoadedImage. Raises ImageError on bad input.
+        `name` labels bytes or PIL images in `source`. `heatmap=True` adds where the model looked for its top
+        class (see `animeprov.heatmap`), stitched back onto the image for tiles."""
+        choose_view(0, 0, self.size, view)  # validates the name before any work
+        prepared = prepare(item, self.size, view, self.load_rules, name=name, keep_pixels=heatmap)
+        result = self._result(prepared, self._batched_log_probs(prepared.views))
+        if heatmap:
+            result.heatmap = self._heatmap(prepared, result)
+        return result
+
+    def _batched_log_probs(self, views: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        return np.concatenate(
+            [self.log_probs(views[i : i + batch_size]) for i in range(0, len(views), batch_size)]
+        )
+
+    def predict_many(
+        self, items: Iterable[Item], *, view: str = "auto", batch_size: int = 32, workers: int = 0
+    ) -> Iterator[ImagePrediction]:
+        """Predictions for many images, yielded in input order as soon as each is done.
+
+        Items are consumed lazily; views of several images share a batch (`batch_size` views), so memory is
+        bounded by a few batches. `workers` > 0 decodes in that many DataLoader processes. A bad file never
+        raises: its prediction has `error` set.
+        """
+        choose_view(0, 0, self.size, view)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        stream = _prepared_stream(items, self.size, view, self.load_rules, workers)
+        waiting: deque[_Pending] = deque()  # in input order
+        views: list[tuple[_Pending, np.ndarray]] = []  # views not yet through the model, with their image
+
+        def run_batch(count: int) -> None:
+            batch, views[:] = views[:count], views[count:]
+            log_probs = self.log_probs(np.stack([view for _, view in batch]))
+            for (owner, _), row in zip(batch, log_probs, strict=True):
+                owner.rows.append(row)
+
+        def finished() -> Iterator[ImagePrediction]:
+            while waiting and len(waiting[0].rows) == waiting[0].n_views:
+                pending = waiting.popleft()
+                prepared = pending.prepared
+                if prepared.error is not None:
+                    yield ImagePrediction.failed(prepared.source, prepared.error)
+                else:
+                    yield self._result(prepared, np.stack(pending.rows))
+
+        for prepared in stream:
+            n_views = 0 if prepared.views is None else len(prepared.views)
+            pending = _Pending(prepared, n_views)
+            waiting.append(pending)
+            if n_views:
+                views.extend((pending, view) for view in prepared.views)
+                prepared.views = None  # they live in `views` now, and go once they are through the model
+            while len(views) >= batch_size:
+                run_batch(batch_size)
+            yield from finished()
+        while views:
+            run_batch(min(batch_size, len(views)))
+        yield from finished()
+
+    # --- heatmaps ------------------------------------------------------------------------------
+
+    def _heatmap(self, prepared: Prepared, result: ImagePrediction) -> np.ndarray:
+        """The top class's map, each view placed where it came from, on ONE scale for all tiles (the
+        strongest evidence anywhere in the image is 1; zero where no view looked). pad/resize views are
+        not windows of the image: their map is returned at the view size."""
+        from animeprov.heatmap import class_heatmap
+
+        top = max(result.probabilities, key=result.probabilities.get)
+        images = torch.from_numpy(prepared.views).permute(0, 3, 1, 2).float().div(255.0)
+        maps = class_heatmap(self.model, images, self.classes.index(top), normalize=False)
+        maps = np.asarray(maps, dtype=np.float32)
+        if prepared.corners is None:
+            stitched = maps[0]
+        else:
+            stitched = np.zeros(prepared.shape, dtype=np.float32)
+            for (top_row, left), view_map in zip(prepared.corners, maps, strict=True):
+                stitched[top_row : top_row + self.size, left : left + self.size] = view_map
+        peak = float(stitched.max())
+        return stitched / peak if peak > 0 else stitched
+
+
+@dataclass
+class _Pending:
+    """An image in predict_many whose views are (partly) still waiting for the model."""
+
+    prepared: Prepared
+    n_views: int
+    rows: list[np.ndarray] = field(default_factory=list)
+
+
+def _default_device(requested: str) -> torch.device:
+    """select_device, plus the local GPU of this process under torchrun (LOCAL_RANK)."""
+    device = select_device(requested)
+    if requested == "auto" and device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    return device
+
+
+def _with_thresholds(
+    calibration: Calibration | None,
+    thresholds: dict[str, float] | None,
+    classes: list[str],
+    human_class: str,
+) -> Calibration | None:
+    thresholds = {k: v for k, v in (thresholds or {}).items() if v is not None}
+    unknown = set(thresholds) - set(THRESHOLD_NAMES)
+    if unknown:
+        raise ValueError(f"unknown threshold(s) {sorted(unknown)}; use {', '.join(THRESHOLD_NAMES)}")
+    if not thresholds:
+        return calibration
+    if calibration is None:
+        if not {"ai", "artist"} <= set(thresholds):
+            raise ValueError(
+                "this run has no calibration.json: give both the ai and artist thresholds "
+                "(they then apply to uncalibrated probabilities), or run `animeprov calibrate`"
+            )
+        return Calibration(
+            class_names=tuple(classes),
+            human_class=human_class,
+            temperature=1.0,
+            ai_threshold=float(thresholds["ai"]),
+            artist_threshold=float(thresholds["artist"]),
+            unknown_threshold=float(thresholds.get("unknown", 0.0)),
+            target_fpr=float("nan"),
+            target_fnr=float("nan"),
+            known_pass_rate=float("nan"),
+            source={"by_hand": True},
+        )
+    if "artist" not in thresholds and thresholds.get("ai", np.inf) < calibration.artist_threshold:
+        thresholds["artist"] = thresholds[
+            "ai"
+        ]  # the artist band is capped at the ai threshold, as when fitted
+    return calibration.with_thresholds(**thresholds)

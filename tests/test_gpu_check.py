@@ -1,0 +1,70 @@
+"""benchmarks/gpu_check.py: its CPU smoke path, its no-GPU answer, and that its DCT check can fail."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(gpu_check, monkeypatch, capsys, *args: str) -> tuple[int, dict]:
+    monkeypatch.setattr("sys.argv", ["gpu_check.py", *args])
+    status = gpu_check.main()
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_without_a_gpu_it_says_so_and_succeeds(gpu_check, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["gpu_check.py"])
+    assert gpu_check.main() == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"cuda": False}
+    assert "no CUDA device" in captured.err
+
+
+def test_cpu_smoke_run_trains_every_requested_variant(gpu_check, monkeypatch, capsys):
+    variants = ["cnn-pixel", "cnn-dct-mask"]
+    status, report = _run(
+        gpu_check,
+        monkeypatch,
+        capsys,
+        "--device=cpu",
+        "--size=64",
+        "--steps=2",
+        "--batch-size=2",
+        "--variants",
+        *variants,
+    )
+    assert status == 0 and report["ok"] and report["cuda"] is False
+    assert report["amp_dtype"] == "torch.float32" and report["torch"] == torch.__version__
+    assert [row["variant"] for row in report["variants"]] == variants
+    for row in report["variants"]:
+        assert len(row["losses"]) == 2 and np.isfinite(row["losses"]).all()
+        assert row["train_images_per_s"] > 0 and row["inference_images_per_s"] > 0
+    assert report["dct"]["stem_in_training_precision"]["backend"] == "matrix"
+
+
+def test_dct_check_passes_float32_and_catches_a_reduced_precision_dct(gpu_check):
+    cpu = torch.device("cpu")
+    full = gpu_check.check_dct(cpu, 64, "fp32")
+    assert full["dct_fp32"]["ok"] and full["dct_fp32"]["max_abs_error"] < 1e-5
+    assert full["stem_in_training_precision"]["ok"]
+    # The matrix DCT inside bfloat16 autocast (what fp16/bf16 AMP does to it on CUDA unless the stem opts out)
+    # loses the small high-frequency coefficients: the check must fail.
+    reduced = gpu_check.check_dct(cpu, 64, "bf16")
+    assert not reduced["stem_in_training_precision"]["ok"]
+    assert reduced["stem_in_training_precision"]["share_over_0.05_std"] > 0.1
