@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from animeprov.transforms.dct import dct2
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
@@ -58,13 +60,17 @@ def test_cpu_smoke_run_trains_every_requested_variant(gpu_check, monkeypatch, ca
     assert report["dct"]["stem_in_training_precision"]["backend"] == "matrix"
 
 
-def test_dct_check_passes_float32_and_catches_a_reduced_precision_dct(gpu_check):
+def test_stem_keeps_float32_under_reduced_precision_autocast(gpu_check):
     cpu = torch.device("cpu")
     full = gpu_check.check_dct(cpu, 64, "fp32")
     assert full["dct_fp32"]["ok"] and full["dct_fp32"]["max_abs_error"] < 1e-5
     assert full["stem_in_training_precision"]["ok"]
-    # The matrix DCT inside bfloat16 autocast (what fp16/bf16 AMP does to it on CUDA unless the stem opts out)
-    # loses the small high-frequency coefficients: the check must fail.
+    # Inside bfloat16 autocast (what AMP does on CUDA) the stem opts out and still matches scipy ...
     reduced = gpu_check.check_dct(cpu, 64, "bf16")
-    assert not reduced["stem_in_training_precision"]["ok"]
-    assert reduced["stem_in_training_precision"]["share_over_0.05_std"] > 0.1
+    assert reduced["stem_in_training_precision"]["ok"]
+    assert reduced["stem_in_training_precision"]["max_deviation_in_std"] < 0.2
+    # ... while the bare matrix DCT under that autocast really is degraded, so the check has teeth.
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        degraded = dct2(x, "matrix").float()
+    assert (degraded - dct2(x, "scipy")).abs().max() > 1e-3
