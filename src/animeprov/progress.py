@@ -16,8 +16,10 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-def progress_bar(*, transient: bool = False) -> Progress:
+def progress_bar(*, transient: bool = False, disable: bool = False) -> Progress:
     """A progress bar showing count, rate-friendly timings and a free-text field `info`.
+
+    `disable` keeps the same API but draws nothing (e.g. on every rank but 0 of a distributed run).
 
     Use `task = bar.add_task("indexing", total=n, info="")` and
     `bar.update(task, advance=1, info="loss 0.12")`.
@@ -31,4 +33,5 @@ def progress_bar(*, transient: bool = False) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=transient,
+        disable=disable,
     )

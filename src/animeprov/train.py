@@ -193,7 +193,7 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
 
     prepare_model(model, device)
     trained = distributed.wrap_model(model, device)  # DDP under torchrun; save and evaluate `model` itself
-    with _progress_bar() as bar:
+    with progress_bar(disable=not distributed.is_main()) as bar:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             if state["stale_epochs"] >= config.patience:
                 break
@@ -277,13 +277,6 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
         "classes": classes,
         "calibration": calibration_note,
     }
-
-
-def _progress_bar(*, transient: bool = False) -> Any:
-    """A progress bar shown by rank 0 only, so N processes draw one bar, not N."""
-    bar = progress_bar(transient=transient)
-    bar.disable = not distributed.is_main()
-    return bar
 
 
 def _save_epoch(
@@ -371,7 +364,7 @@ def _fit_stem(
     errors: list[tuple[str, str]] = []
     shard = distributed.shard_indices(len(train_set))
     loader = make_loader(train_set, config.batch_size, workers=config.workers, sampler=shard)
-    with _progress_bar(transient=True) as bar:
+    with progress_bar(transient=True, disable=not distributed.is_main()) as bar:
         task = bar.add_task("DCT statistics", total=len(loader.sampler), info="")
         stats = fit_stem_statistics(
             model.stem, stem_batches(loader, errors), on_batch=lambda n: bar.update(task, advance=n)

@@ -60,6 +60,7 @@ def train(
     ),
 ) -> None:
     """Train one variant on the train split; early-stops on the val split."""
+    from animeprov import distributed
     from animeprov.train import RunExistsError, TrainConfig
     from animeprov.train import train as run_training
 
@@ -87,6 +88,8 @@ def train(
     except (RunExistsError, ValueError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+    if not distributed.is_main():
+        return  # under torchrun every rank returns the same summary: rank 0 prints it once
     for path, reason in summary["skipped"].items():
         console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
     console.print(

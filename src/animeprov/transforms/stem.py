@@ -15,7 +15,6 @@ from animeprov.config import LOG_EPS
 from animeprov.transforms.dct import Backend, dct2
 from animeprov.transforms.stats import RunningMeanStd
 
-
 _AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
