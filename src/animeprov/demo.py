@@ -9,6 +9,7 @@ from animeprov.data.manifest import read_rows, write_rows
 from animeprov.data.split import split_manifest
 from animeprov.data.synth import DEFAULT_CLASSES, generate_synthetic
 from animeprov.evaluation.evaluate import evaluate_run
+from animeprov.fingerprint import compute_fingerprints, labelled_images, write_fingerprints
 from animeprov.progress import console, progress_bar
 from animeprov.reports.tables import markdown_table
 from animeprov.train import TrainConfig, train
@@ -60,12 +61,22 @@ def run_demo(
         report = evaluate_run(run, split_csv, out / "eval" / variant, split="test")
         results.append((variant, report, seconds))
 
+    # The class fingerprints next to the DCT model, where `animeprov serve` shows them beside each upload.
+    fingerprints = out / "runs" / DEMO_VARIANTS[0] / "fingerprints"
+    if not (fingerprints / "index.json").exists():
+        console.print("class fingerprints (mean log|DCT|) of the training split")
+        write_fingerprints(
+            compute_fingerprints(labelled_images(split_csv, split="train"), size=size), fingerprints
+        )
+
     report_path = out / "report.md"
-    report_path.write_text(_demo_markdown(results, per_class=per_class, size=size, epochs=epochs, seed=seed))
+    report_path.write_text(
+        _demo_markdown(results, out=out, per_class=per_class, size=size, epochs=epochs, seed=seed)
+    )
     return report_path
 
 
-def _demo_markdown(results, *, per_class: int, size: int, epochs: int, seed: int) -> str:
+def _demo_markdown(results, *, out: Path, per_class: int, size: int, epochs: int, seed: int) -> str:
     rows = []
     for variant, report, seconds in results:
         detection = report["detection"]
@@ -122,6 +133,13 @@ def _demo_markdown(results, *, per_class: int, size: int, epochs: int, seed: int
             "This is synthetic data whose generators differ only in their upsampling architecture: "
             "it shows the method works and what it keys on,\n"
             "not how it performs on real generators (see docs/results/).",
+            "",
+            "Try the DCT model on images (verdicts use the calibration fitted on the val split):",
+            "",
+            "```bash",
+            f"animeprov predict {out}/runs/cnn-dct-mask {out}/synth/pixel-shuffle --format table",
+            f"animeprov serve {out}/runs/cnn-dct-mask      # then open http://127.0.0.1:8000",
+            "```",
             "",
         ]
     )

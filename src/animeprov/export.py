@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ import animeprov
 from animeprov.checkpoint import BEST_WEIGHTS, load_model
 from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.evaluation.calibration import Calibration, load_calibration
+from animeprov.io import sha256_file
 from animeprov.layers.cbam import CBAM
 from animeprov.transforms.dct import dct_matrix
 from animeprov.transforms.stem import DCTStem
@@ -79,14 +79,6 @@ def exportable_copy(model: nn.Module) -> nn.Module:
     return exportable
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export_metadata(
     config: dict[str, Any], calibration: Calibration | None, weights_path: Path
 ) -> dict[str, str]:
@@ -106,7 +98,7 @@ def export_metadata(
         "softmax(logits / temperature)",
         "temperature": repr(calibration.temperature if calibration else 1.0),
         "calibrated": "true" if calibration else "false",
-        "weights_sha256": _sha256(weights_path),
+        "weights_sha256": sha256_file(weights_path),
     }
     if calibration:
         metadata["calibration"] = json.dumps(

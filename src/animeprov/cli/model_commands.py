@@ -149,6 +149,7 @@ def demo(
     from animeprov.demo import run_demo
 
     report = run_demo(out, per_class=per_class, size=size, epochs=epochs, seed=seed)
+    print(report.read_text())
     console.print(f"[bold green]report:[/bold green] {report}")
 
 

@@ -37,6 +37,7 @@ from PIL import Image, PngImagePlugin
 from animeprov import __version__
 from animeprov.data.manifest import MANIFEST_COLUMNS, write_rows
 from animeprov.data.prompts import prompt_seed
+from animeprov.io import sha256_file
 
 GENERATE_VERSION = 1
 MANIFEST_NAME = "manifest.csv"
@@ -432,6 +433,6 @@ def _reusable(out: Path, header: dict, jobs: Sequence[_Job], class_name: str) ->
 
 def _sha256(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None

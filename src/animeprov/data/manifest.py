@@ -12,11 +12,12 @@ read as `path` when there is no `path` column.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+from animeprov.io import sha256_file
 
 MANIFEST_COLUMNS = ("path", "class", "sha256", "width", "height", "format", "group")
 SPLIT_COLUMN = "split"
@@ -118,11 +119,7 @@ def relative_path(file: str | Path, csv_folder: str | Path) -> str:
 
 def file_digest(csv_path: str | Path) -> str:
     """sha256 (hex) of a CSV file's bytes: identifies the exact data a model was trained on."""
-    digest = hashlib.sha256()
-    with open(csv_path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(csv_path)
 
 
 def _normalise_header(header: list[str], csv_path: str | Path) -> list[str]:

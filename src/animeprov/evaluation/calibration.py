@@ -43,7 +43,6 @@ outcome never fires.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -58,6 +57,7 @@ from scipy.stats import beta
 
 from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.evaluation.metrics import DEFAULT_ECE_BINS, expected_calibration_error
+from animeprov.io import sha256_file
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_FORMAT = 1
@@ -394,14 +394,6 @@ def verdict(probs_row: np.ndarray, calibration: Calibration) -> dict[str, Any]:
 # Storage next to the model
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_calibration(run: str | Path, calibration: Calibration) -> Path:
     from animeprov.checkpoint import atomic_write_text
 
@@ -430,7 +422,7 @@ def load_calibration(run: str | Path, *, check_weights: bool = True) -> Calibrat
             "run `animeprov calibrate` again"
         )
     weights, digest = calibration.source.get("weights"), calibration.source.get("weights_sha256")
-    if check_weights and weights and digest and _sha256(run / weights) != digest:
+    if check_weights and weights and digest and sha256_file(run / weights) != digest:
         raise StaleCalibrationError(
             f"{path}: fitted for other weights than the run's {weights} now; run `animeprov calibrate` again"
         )
@@ -489,7 +481,7 @@ def calibrate_run(
             "same_data_as_training": data_sha256 == config.get("data_sha256"),
             "skipped_files": len(predictions.errors),
             "weights": weights,
-            "weights_sha256": _sha256(run / weights),
+            "weights_sha256": sha256_file(run / weights),
             "variant": config["variant"],
         },
     )
