@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import io
 import struct
 import threading
@@ -439,7 +440,10 @@ def test_gate_bounds_running_and_waiting_calls():
     async def main():
         return await asyncio.gather(*(gate.run(work) for _ in range(5)), return_exceptions=True)
 
-    results = asyncio.run(main())
+    # In a thread of its own: after a browser test, Playwright's sync API keeps an event loop running in
+    # this thread, where asyncio.run() is refused.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        results = pool.submit(asyncio.run, main()).result()
     assert results.count("done") == 3  # 2 running + 1 waiting
     refused = [r for r in results if r != "done"]
     assert len(refused) == 2 and all(getattr(r, "status_code", None) == 503 for r in refused)
