@@ -232,6 +232,40 @@ def test_failed_download_is_not_journaled_and_retried_next_run(booru: FakeBooru,
     assert [json.loads(line)["status"] for line in lines[1:]] == ["kept"]
 
 
+def test_entry_after_a_torn_journal_line_is_not_lost(booru: FakeBooru, tmp_path: Path) -> None:
+    for post_id in (1, 2):
+        booru.add_post(post_id, picture(512, 512, post_id))
+    collect(tmp_path, client_for(booru, []), tags="", n=1, size=512)
+    with (tmp_path / JOURNAL_NAME).open("a", encoding="utf-8") as journal:
+        journal.write('{"post_id": "99", "sta')  # a kill in the middle of writing an entry
+    assert collect(tmp_path, client_for(booru, []), tags="", n=2, size=512).kept == 2
+    downloads = booru.image_requests()
+    # The entry written after the torn line must be readable: nothing is decided (or downloaded) again.
+    assert collect(tmp_path, client_for(booru, []), tags="", n=2, size=512).kept == 2
+    assert booru.image_requests() == downloads
+
+
+def test_tls_error_mid_body_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+    import urllib.request
+
+    answers: list[object] = [ssl.SSLEOFError("EOF occurred in violation of protocol"), b"[]"]
+
+    class Response(io.BytesIO):
+        headers: dict[str, str] = {}
+
+    def urlopen(request, timeout):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return Response(answer)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    waits: list[float] = []
+    client = BooruClient("http://booru.invalid/", min_interval=0, retries=2, backoff=0.5, sleep=waits.append)
+    assert client.posts("", 0, 10) == [] and waits == [0.5] and client.requests == 2
+
+
 def test_api_that_keeps_failing_raises_collect_error(booru: FakeBooru, tmp_path: Path) -> None:
     booru.script["api"] = [("status", 500, {})] * 10
     waits: list[float] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,42 @@ def test_cli_export_prints_acceptance_rates(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "50.0%" in result.stdout and "100.0%" in result.stdout
     assert [row["path"] for row in read_rows(out)] == ["set/gen/00.png"]
+
+
+def test_out_of_range_numbers_are_refused_not_500(tmp_path: Path) -> None:
+    # Beyond SQLite's 64-bit integers, sqlite3 raises OverflowError: it must not become a 500.
+    client = TestClient(
+        create_app(make_set(tmp_path / "set", count=1), rounds=2), raise_server_exceptions=False
+    )
+    huge = 10**30
+    assert client.get(f"/api/items/{huge}/image").status_code == 422
+    assert client.get(f"/api/items/{huge}", params={"round": 1}).status_code == 422
+    assert client.get("/api/items/1", params={"round": huge}).status_code == 400
+    assert client.get("/api/next", params={"round": 1, "after": huge}).status_code == 422
+    posted = client.post("/api/decisions", json={"item_id": huge, "round": 1, "decision": "accept"})
+    assert posted.status_code == 422
+    assert client.get("/api/items/1", params={"round": 1}).json()["item"]["id"] == 1
+
+
+def test_a_reject_in_round_1_cannot_slip_between_the_check_and_the_write_of_round_2(tmp_path: Path) -> None:
+    store = open_store(make_set(tmp_path / "set", count=1), rounds=2)
+    item = store.all_items()[0].id
+    store.decide(item, 1, "accept")
+    check_round_1 = store.decision
+    rival: list[threading.Thread] = []
+
+    def decision_with_a_rival(item_id: int, round_: int) -> dict | None:
+        found = check_round_1(item_id, round_)
+        if not rival:  # reviewer 1 rejects while reviewer 2's accept is between its check and its write
+            rival.append(threading.Thread(target=store.decide, args=(item, 1, "reject", "blur")))
+            rival[0].start()
+            rival[0].join(timeout=0.3)  # without one lock over check + write, the reject lands here
+        return found
+
+    store.decision = decision_with_a_rival  # type: ignore[method-assign]
+    store.decide(item, 2, "accept")
+    rival[0].join()
+    store.decision = check_round_1  # type: ignore[method-assign]
+    assert store.decision(item, 1)["decision"] == "reject"
+    assert store.decision(item, 2) is None  # withdrawn from round 2 by the reject, which came last
+    store.close()

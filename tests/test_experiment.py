@@ -105,9 +105,21 @@ def test_tiny_grid_runs_end_to_end_resumes_and_reports_unseen_classes(grid, tmp_
         "train",
         lambda config, run, resume: calls.append((run, resume)) or {"best_val_accuracy": 0.0},
     )
+    # Its evaluations are redone (weights trained now make earlier results stale, e.g. after the run folder
+    # was deleted to redo it); the other cells' are still read back.
+    evaluated = []
+
+    def evaluate_again(run, test_set, folder, **kwargs):
+        evaluated.append((run, test_set.name))
+        return json.loads((folder / "report.json").read_text())
+
+    monkeypatch.setattr(experiment, "evaluate_cell", evaluate_again)
     (out / "runs" / "second" / "cnn-dct" / experiment.CELL_FILE).unlink()
     experiment.run_experiment(load_experiment_config(grid, out), out)
     assert calls == [(out / "runs" / "second" / "cnn-dct", True)]
+    assert evaluated == [
+        (out / "runs" / "second" / "cnn-dct", name) for name in ("first", "second", "unseen")
+    ]
 
     # Finished cells made with other settings are never silently mixed into the tables.
     grid.write_text(TINY_GRID.replace("batch_size = 8", "batch_size = 4"))

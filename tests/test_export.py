@@ -153,3 +153,22 @@ def test_cli_exports_prints_parity_and_refuses_bad_runs(runs, tmp_path):
     assert "run `animeprov calibrate` again" in refused(run, "b.onnx")
     (run / "model.safetensors").unlink()
     assert "no such checkpoint file" in refused(run, "c.onnx")
+
+
+def test_calibration_fitted_for_other_weights_is_refused(runs, tmp_path):
+    """Its temperature and thresholds belong to other weights: exporting them with these would be wrong."""
+    from animeprov.evaluation.calibration import StaleCalibrationError
+    from animeprov.io import sha256_file
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["cnn-dct-mask"], run)
+    calibration = json.loads((run / "calibration.json").read_text())
+    calibration["source"] = {
+        "weights": "model.safetensors",
+        "weights_sha256": sha256_file(run / "model.safetensors"),
+    }
+    (run / "calibration.json").write_text(json.dumps(calibration))
+    shutil.copy(run / "model.safetensors", run / "other.safetensors")
+    with pytest.raises(StaleCalibrationError, match="fitted for model.safetensors"):
+        export_onnx(run, tmp_path / "other.onnx", weights="other.safetensors", check=False)
+    assert not (tmp_path / "other.onnx").exists()

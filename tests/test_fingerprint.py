@@ -180,3 +180,29 @@ def test_spectrum_image_is_a_colour_picture_of_the_spectrum():
     assert diverging[0, 0, 2] > diverging[0, 0, 0] and diverging[-1, -1, 0] > diverging[-1, -1, 2]
     flat = np.asarray(spectrum_image(np.zeros((4, 4))))
     assert (flat == flat[0, 0]).all()
+
+
+def test_resize_panel_uses_the_crop_size_of_a_class_with_images(tmp_path, monkeypatch):
+    """A class whose every file is unreadable sorts first here; its placeholder must not set the size."""
+    import animeprov.fingerprint
+
+    rng = np.random.default_rng(4)
+    root = save_folder(
+        tmp_path / "data",
+        {"gen": [cosine_image(32, 29, 1, rng) for _ in range(2)], "human": [cosine_image(32, 3, 1, rng)]},
+    )
+    (root / "aaa-broken").mkdir()
+    (root / "aaa-broken" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    sizes = []
+    real = animeprov.fingerprint.resize_comparison
+
+    def recording(items, **kwargs):
+        sizes.append(kwargs["size"])
+        return real(items, **kwargs)
+
+    monkeypatch.setattr(animeprov.fingerprint, "resize_comparison", recording)
+    out = tmp_path / "fp"
+    result = CliRunner().invoke(app, ["fingerprint", str(root), "--out", str(out), "--resize-class", "gen"])
+    assert result.exit_code == 0, result.output
+    assert sizes == [32]
+    assert json.loads((out / "index.json").read_text())["classes"]["aaa-broken"]["skipped"] == 1

@@ -198,6 +198,17 @@ def test_generate_writes_images_manifest_and_a1111_parameters(
     assert other.generated == 1
 
 
+def test_a_shorter_run_keeps_the_rest_of_the_journal(tiny_model: Path, tiny_pipe, tmp_path: Path) -> None:
+    settings, out = _settings(tiny_model), tmp_path / "gen"
+    assert generate_images(out, settings, PROMPTS, 3, load=lambda: tiny_pipe, batch_size=3).generated == 3
+    short = generate_images(out, settings, PROMPTS, 1, load=lambda: pytest.fail("must not load"))
+    assert (short.generated, short.reused) == (0, 1)
+    # Images 1 and 2 are still on disk and journaled: the full run again generates nothing.
+    full = generate_images(out, settings, PROMPTS, 3, load=lambda: pytest.fail("must not load"))
+    assert (full.generated, full.reused) == (0, 3)
+    assert not list(out.glob("*.tmp"))
+
+
 def test_different_seeds_give_different_images_and_schedulers_are_recorded(
     tiny_model: Path, tmp_path: Path
 ) -> None:

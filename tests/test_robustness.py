@@ -179,3 +179,17 @@ def test_jpeg_grid_score_sees_a_jpeg_history_even_after_a_shifted_crop():
     assert jpeg_score > clean_score + 0.1
     with pytest.raises(ValueError):
         jpeg_grid_score(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_an_image_a_chain_would_make_too_large_is_skipped_not_fatal(
+    tiny_run: Path, tiny_split: Path, tmp_path
+):
+    from animeprov.evaluation.robustness import robustness_run
+    from animeprov.perturb import MAX_SIDE
+
+    n = len(read_split_rows(tiny_split, "test"))
+    factor = MAX_SIDE // 16 + 1  # every test image is at least 16 px a side: each would pass MAX_SIDE
+    table = robustness_run(tiny_run, tiny_split, tmp_path / "r", ladder=[f"scale:{factor}"])
+    clean, scaled = table["rows"]
+    assert (clean["n"], clean["skipped"]) == (n, 0)
+    assert (scaled["n"], scaled["skipped"], scaled["attribution_accuracy"]) == (0, n, None)

@@ -170,6 +170,8 @@ def test_api_refuses_unknown_ids_and_keeps_the_first_answer(study_dir: Path) -> 
         client.get(f"/api/stimuli/{ids[0]}").content
         == (study_dir / STIMULI_DIR / f"{ids[0]}.png").read_bytes()
     )
+    # Nothing from the file's mtime (stimuli are written class by class): no Last-Modified, no ETag.
+    assert not {"last-modified", "etag"} & set(client.get(f"/api/stimuli/{ids[0]}").headers)
     for bad in ("..%2Fstudy.json", "study.json", f"{ids[0]}.png", "%2E%2E"):
         assert client.get(f"/api/stimuli/{bad}").status_code == 404
     assert client.get("/static/../study.json").status_code == 404
@@ -191,6 +193,20 @@ def test_api_refuses_unknown_ids_and_keeps_the_first_answer(study_dir: Path) -> 
     # Committed before the reply: a fresh connection (as after a killed server) sees the answer.
     stored = open_store(study_dir, study).answers()
     assert [(a["participant_id"], a["stimulus_id"], a["answer"]) for a in stored] == [(pid, ids[0], "ai")]
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(study_dir: Path) -> None:
+    client = TestClient(create_app(study_dir, admin_token="t"))
+    pid = client.post("/api/participants", json={"consent": True}).json()["participant_id"]
+    sid = load_study(study_dir)["stimuli"][0]["id"]
+    padded = json.dumps({"participant_id": pid, "stimulus_id": sid, "answer": "ai", "pad": "x" * 100_000})
+    json_header = {"Content-Type": "application/json"}
+    assert client.post("/api/answers", content=padded, headers=json_header).status_code == 413
+    chunks = iter([padded[i : i + 4096].encode() for i in range(0, len(padded), 4096)])  # no Content-Length
+    assert client.post("/api/answers", content=chunks, headers=json_header).status_code == 413
+    assert client.get(f"/api/participants/{pid}").json()["n_answered"] == 0
+    answer = {"participant_id": pid, "stimulus_id": sid, "answer": "ai"}
+    assert client.post("/api/answers", json=answer).status_code == 201  # a normal answer still fits
 
 
 def test_each_participant_gets_their_own_order_and_resumes_at_the_first_unanswered(tmp_path: Path) -> None:

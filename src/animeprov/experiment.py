@@ -522,7 +522,8 @@ def run_experiment(
             console.print(
                 f"[bold]cell {len(cells) + 1}/{n_cells}[/bold]: {variant} trained on {train_set.name}"
             )
-            if _done(run, settings):
+            trained_earlier = _done(run, settings)
+            if trained_earlier:
                 cell["train_seconds"] = 0.0
                 console.print("  training: finished earlier, skipped")
             else:
@@ -535,8 +536,10 @@ def run_experiment(
                     f"in {cell['train_seconds']:.0f}s"
                 )
             for test_set in config.test_sets:
+                # Weights trained in this call (e.g. the run folder was deleted to redo it) make any earlier
+                # evaluation of this cell stale: it is redone, never read back.
                 cell["tests"][test_set.name] = _evaluate(
-                    config, run, train_set, variant, test_set, out, device
+                    config, run, train_set, variant, test_set, out, device, redo=not trained_earlier
                 )
             cells.append(cell)
 
@@ -570,6 +573,8 @@ def _evaluate(
     test_set: DataSet,
     out: Path,
     device,
+    *,
+    redo: bool = False,
 ) -> dict[str, Any]:
     folder = out / "eval" / train_set.name / variant / test_set.name
     settings = {
@@ -579,7 +584,7 @@ def _evaluate(
         "threshold": config.evaluate["threshold"],
         "human_class": config.human_class,
     }
-    if _done(folder, settings):
+    if not redo and _done(folder, settings):
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     else:
         began = time.perf_counter()

@@ -31,7 +31,7 @@ from torch import nn
 import animeprov
 from animeprov.checkpoint import BEST_WEIGHTS, load_model
 from animeprov.config import DEFAULT_HUMAN_CLASS
-from animeprov.evaluation.calibration import Calibration, load_calibration
+from animeprov.evaluation.calibration import Calibration, StaleCalibrationError, load_calibration
 from animeprov.io import sha256_file
 from animeprov.layers.cbam import CBAM
 from animeprov.transforms.dct import dct_matrix
@@ -198,6 +198,12 @@ def export_onnx(
     run, out = Path(run), Path(out)
     model, config = load_model(run, weights=weights)
     calibration = load_calibration(run)
+    fitted_for = calibration.source.get("weights") if calibration else None
+    if fitted_for and fitted_for != weights:  # its temperature and thresholds would be baked in silently
+        raise StaleCalibrationError(
+            f"{run}: calibration.json was fitted for {fitted_for}, not {weights}; "
+            "run `animeprov calibrate` for those weights"
+        )
     temperature = calibration.temperature if calibration else 1.0
     wrapped = ExportedClassifier(exportable_copy(model), temperature).eval()
     example = torch.rand(2, 3, model.size, model.size, generator=torch.Generator().manual_seed(0))

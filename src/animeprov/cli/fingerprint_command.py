@@ -73,7 +73,8 @@ def fingerprint(
             console.print(f"resize panel: {panel_class}, {resize_chain}")
             before, after = resize_comparison(
                 [(c, p) for c, p in items if c == panel_class],
-                size=next(iter(fingerprints.values())).size,
+                # The crop size of a class with images: one whose every file failed holds a placeholder.
+                size=next(fp.size for fp in fingerprints.values() if fp.count),
                 chain=resize_chain,
                 batch_size=batch_size,
                 per_class=per_class or None,

@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from animeprov.data.manifest import MANIFEST_COLUMNS, read_columns, read_rows, relative_path, write_rows
 from animeprov.io import iter_image_files
 
 MANIFEST_NAME = "manifest.csv"
 DEFAULT_DB_NAME = ".curation.sqlite3"
+SQLITE_INT_MAX = 2**63 - 1  # a larger id in a request would make sqlite3 raise OverflowError (a 500)
 STATIC_DIR = Path(__file__).parent / "static"
 ACCEPT = "accept"
 REJECT = "reject"
@@ -109,7 +110,8 @@ class CurationStore:
         if rounds < 1:
             raise ValueError(f"rounds (reviewers) must be at least 1, got {rounds}")
         self.rounds = rounds
-        self._lock = threading.Lock()
+        # Re-entrant: `decide` holds it across its checks and its write, and the checks query through it.
+        self._lock = threading.RLock()
         self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a decision is on disk before the page moves on
@@ -187,11 +189,17 @@ class CurationStore:
                 raise CurationError(f"unknown reason {reason!r}; choose from {', '.join(REJECT_REASONS)}")
         else:
             raise CurationError(f"decision must be {ACCEPT!r} or {REJECT!r}, got {decision!r}")
-        self.item(item_id)  # 404 for an unknown id
-        if round_ > 1:
-            earlier = self.decision(item_id, round_ - 1)
-            if earlier is None or earlier["decision"] != ACCEPT:
-                raise CurationError(f"item {item_id} was not accepted in round {round_ - 1}", status=409)
+        # One lock over the checks and the write: otherwise a round-1 reject landing between the check of
+        # round 1 and the insert of round 2 would leave a round-2 decision on a rejected image.
+        with self._lock:
+            self.item(item_id)  # 404 for an unknown id
+            if round_ > 1:
+                earlier = self.decision(item_id, round_ - 1)
+                if earlier is None or earlier["decision"] != ACCEPT:
+                    raise CurationError(f"item {item_id} was not accepted in round {round_ - 1}", status=409)
+            self._write_decision(item_id, round_, decision, reason)
+
+    def _write_decision(self, item_id: int, round_: int, decision: str, reason: str) -> None:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         with self._lock, self._db:
             self._db.execute("BEGIN")
@@ -293,7 +301,7 @@ def export_curation(store: CurationStore, folder: str | Path, out_csv: str | Pat
 class DecisionIn(BaseModel):
     """The body of POST /api/decisions (module level: FastAPI resolves the annotation by name)."""
 
-    item_id: int
+    item_id: int = Field(ge=1, le=SQLITE_INT_MAX)
     round: int
     decision: str
     reason: str = ""
@@ -313,7 +321,8 @@ def create_app(
     `allowed_hosts` (e.g. LOOPBACK_HOSTS) refuses requests whose Host header names another host: a web
     page the reviewer visits cannot then reach this server through a DNS-rebound name.
     """
-    from fastapi import FastAPI, HTTPException
+    from fastapi import FastAPI, HTTPException, Query
+    from fastapi import Path as PathParam
     from fastapi.responses import FileResponse, HTMLResponse
     from fastapi.staticfiles import StaticFiles
 
@@ -356,17 +365,22 @@ def create_app(
         }
 
     @app.get("/api/next")
-    def next_item(round: int, after: int | None = None) -> dict:  # noqa: A002 (the API's word)
+    def next_item(  # noqa: A002 (round: the API's word)
+        round: int, after: int | None = Query(None, ge=0, le=SQLITE_INT_MAX)
+    ) -> dict:
         item = checked(lambda: store.next_item(round, after))
         return {"item": item_json(item, round), "counts": checked(lambda: store.counts(round))}
 
     @app.get("/api/items/{item_id}")
-    def get_item(item_id: int, round: int) -> dict:  # noqa: A002
+    def get_item(  # noqa: A002
+        item_id: int = PathParam(ge=1, le=SQLITE_INT_MAX), round: int = Query()
+    ) -> dict:
+        counts = checked(lambda: store.counts(round))  # first: it refuses a round out of range (400)
         item = checked(lambda: store.item(item_id))
-        return {"item": item_json(item, round), "counts": checked(lambda: store.counts(round))}
+        return {"item": item_json(item, round), "counts": counts}
 
     @app.get("/api/items/{item_id}/image")
-    def image(item_id: int) -> FileResponse:
+    def image(item_id: int = PathParam(ge=1, le=SQLITE_INT_MAX)) -> FileResponse:
         item = checked(lambda: store.item(item_id))
         target = (root / item.path).resolve()
         if not target.is_relative_to(root) or not target.is_file():  # the manifest changed since it was read

@@ -178,7 +178,7 @@ class BooruClient:
                     f"HTTP {error.code}", _retry_after(error.headers.get("Retry-After"))
                 ) from None
             raise CollectError(f"{url}: HTTP {error.code} {error.reason}") from None
-        except (TimeoutError, urllib.error.URLError, HTTPException, ConnectionError) as error:
+        except (OSError, HTTPException) as error:  # URLError, timeouts, resets, TLS errors mid-body
             raise _Retryable(f"{type(error).__name__}: {error}") from None
 
     def get_json(self, params: dict[str, object]) -> object:
@@ -417,6 +417,7 @@ def collect(
     accepted_ratings = {rating.lower() for rating in ratings}
     artist_types: dict[str, int] = {}
 
+    _end_torn_line(out / JOURNAL_NAME)
     with (out / JOURNAL_NAME).open("a", encoding="utf-8") as journal:
         if journal.tell() == 0:  # a new journal starts with the settings it belongs to
             journal.write(json.dumps(header) + "\n")
@@ -607,6 +608,17 @@ def _read_journal(out: Path, header: dict) -> tuple[dict[str, dict], list[dict]]
             continue
         rows.append(row)
     return decided, rows
+
+
+def _end_torn_line(path: Path) -> None:
+    """End a line torn by an interrupted write with a newline, so the next entry starts a line of its own
+    instead of being glued onto the fragment (and lost with it on the next read)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) != b"\n":
+            handle.write(b"\n")
 
 
 def _complete_json_lines(lines: Sequence[str]) -> Iterator[dict]:

@@ -314,16 +314,21 @@ def generate_images(
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(prompts, n, settings)
     header = {"generate_version": GENERATE_VERSION, **asdict(settings)}
-    done = _reusable(out, header, jobs, settings.class_name)
+    entries = _journal_entries(out, header)
+    done = _reusable(out, entries, jobs, settings.class_name)
+    planned = {job.index for job in jobs}
+    # Images beyond this run's n stay journaled: a later, longer run with these settings reuses them.
+    beyond = [entry for index, entry in sorted(entries.items()) if index not in planned]
     if done and on_progress is not None:
         on_progress(len(done))
     todo = [job for job in jobs if job.index not in done]
     result = GenerateResult(out / MANIFEST_NAME, generated=0, reused=len(done), flagged=0)
 
-    with (out / JOURNAL_NAME).open("w", encoding="utf-8") as journal:
-        for line in [header, *done.values()]:
-            journal.write(json.dumps(line) + "\n")
-        journal.flush()
+    # Rewritten under another name and renamed: a kill while writing never loses the earlier journal.
+    rewritten = out / f"{JOURNAL_NAME}.tmp"
+    rewritten.write_text("".join(json.dumps(line) + "\n" for line in [header, *done.values(), *beyond]))
+    os.replace(rewritten, out / JOURNAL_NAME)
+    with (out / JOURNAL_NAME).open("a", encoding="utf-8") as journal:
         pipe = load() if todo else None
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
@@ -397,8 +402,8 @@ def _save(out: Path, job: _Job, image: Image.Image, settings: GenerationSettings
     }
 
 
-def _reusable(out: Path, header: dict, jobs: Sequence[_Job], class_name: str) -> dict[int, dict]:
-    """Journal entries of an earlier run with the same settings whose image is intact (or was flagged)."""
+def _journal_entries(out: Path, header: dict) -> dict[int, dict]:
+    """index -> entry of an earlier run's journal with the same settings; {} for other settings."""
     try:
         lines = (out / JOURNAL_NAME).read_text(encoding="utf-8").splitlines()
         if not lines or json.loads(lines[0]) != header:
@@ -412,6 +417,11 @@ def _reusable(out: Path, header: dict, jobs: Sequence[_Job], class_name: str) ->
             entries[int(entry["index"])] = entry
         except (ValueError, KeyError, TypeError):  # torn last line of an interrupted run
             continue
+    return entries
+
+
+def _reusable(out: Path, entries: dict[int, dict], jobs: Sequence[_Job], class_name: str) -> dict[int, dict]:
+    """The journal entries of `jobs` whose image is intact (or was flagged) for the same seed and prompt."""
     reusable = {}
     for job in jobs:
         entry = entries.get(job.index)

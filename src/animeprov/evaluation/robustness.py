@@ -11,6 +11,7 @@ Also here: `jpeg_grid_score`, a probe for an 8x8 JPEG block grid in decoded pixe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,16 @@ from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.data.dataset import ImageDataset, read_split_rows
 from animeprov.engine import make_loader, predict, prepare_model, select_device
 from animeprov.evaluation.metrics import classification_report
-from animeprov.perturb import DEFAULT_LADDER, Perturbation, chain_sizes, parse_ladder, parse_spec
+from animeprov.io import ImageError
+from animeprov.perturb import (
+    DEFAULT_LADDER,
+    Perturbation,
+    SpecError,
+    chain_sizes,
+    parse_ladder,
+    parse_spec,
+    perturb,
+)
 from animeprov.progress import console, progress_bar
 from animeprov.reports.tables import markdown_table, write_json
 
@@ -78,7 +88,9 @@ def robustness_run(
         for step in steps:
             applied = combine(equalizer, step)
             bar.update(task, info=applied.spec)
-            dataset = ImageDataset(data, rows, classes, size, augment=applied, augment_seed=seed)
+            dataset = ImageDataset(
+                data, rows, classes, size, augment=_SkipTooLarge(applied), augment_seed=seed
+            )
             predictions = predict(
                 model,
                 make_loader(dataset, batch_size, workers=workers, device=torch_device),
@@ -106,6 +118,20 @@ def robustness_run(
     (out / TABLE_MARKDOWN).write_text(table_markdown(table))
     plot_robustness({config["variant"]: table}, out / FIGURE, title=_figure_title(table))
     return table
+
+
+@dataclass(frozen=True)
+class _SkipTooLarge:
+    """`perturbation`, but an image it would grow past perturb.MAX_SIDE a side (a large original under a
+    x2 chain) is skipped and counted like an unreadable file, instead of stopping the whole run."""
+
+    perturbation: Perturbation
+
+    def __call__(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        try:
+            return perturb(pixels, self.perturbation, seed=rng)
+        except SpecError as error:
+            raise ImageError("<perturbed image>", str(error)) from None
 
 
 def _row(

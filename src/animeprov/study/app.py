@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Header, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from animeprov.study.create import ANSWERS, FAMILIARITY, STIMULI_DIR, load_study
 from animeprov.study.store import (
@@ -45,6 +46,37 @@ STATIC_FILES = {
     "admin.js": "text/javascript",
 }
 _NO_STORE = {"Cache-Control": "no-store"}
+# Every request body is a small JSON object; without a cap a single POST could fill the server's memory.
+MAX_BODY_BYTES = 16 * 1024
+
+
+class BodyLimitMiddleware:
+    """413 for a body over `max_bytes`: refused on Content-Length, or cut off while a chunked one arrives."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await JSONResponse({"detail": "request body too large"}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, "request body too large")
+            return message
+
+        await self.app(scope, counted_receive, send)
 
 
 class NewParticipant(BaseModel):
@@ -80,6 +112,7 @@ def create_app(study_dir: str | Path, *, admin_token: str) -> FastAPI:
     app = FastAPI(title="animeprov study", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.study = study
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -120,11 +153,15 @@ def create_app(study_dir: str | Path, *, admin_token: str) -> FastAPI:
             raise HTTPException(404, "unknown participant") from None
 
     @app.get("/api/stimuli/{stimulus_id}")
-    def stimulus(stimulus_id: str) -> FileResponse:
+    def stimulus(stimulus_id: str) -> Response:
         file = stimulus_files.get(stimulus_id)
         if file is None:
             raise HTTPException(404, "unknown image")
-        return FileResponse(file, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        # Bytes only, no Last-Modified/ETag from the file's mtime: `study create` writes the stimuli class by
+        # class, so their times would tell a participant which images share a class.
+        return Response(
+            file.read_bytes(), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+        )
 
     @app.post("/api/answers")
     def answer(body: AnswerIn) -> JSONResponse:
