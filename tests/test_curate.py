@@ -15,8 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from animeprov.cli import app as cli_app
-from animeprov.curate.app import LOOPBACK_HOSTS, CurationError, create_app, export_curation, open_store
+from animeprov.curate.app import CurationError, create_app, export_curation, open_store
 from animeprov.data.manifest import MANIFEST_COLUMNS, image_path, read_columns, read_rows
+from animeprov.web import LOOPBACK_HOSTS
 
 runner = CliRunner()
 

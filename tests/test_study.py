@@ -27,6 +27,7 @@ from animeprov.study.create import (
 from animeprov.study.report import analyse, bootstrap_interval, fleiss_kappa, write_report
 from animeprov.study.simulate import SimulatedProfile, simulate_participants
 from animeprov.study.store import AnswerStore, Participant, open_store
+from animeprov.web import allowed_hosts_for, is_loopback
 
 CLASSES = ("human", "gen-a", "gen-b")
 
@@ -207,6 +208,17 @@ def test_oversized_bodies_are_refused_before_they_are_read(study_dir: Path) -> N
     assert client.get(f"/api/participants/{pid}").json()["n_answered"] == 0
     answer = {"participant_id": pid, "stimulus_id": sid, "answer": "ai"}
     assert client.post("/api/answers", json=answer).status_code == 201  # a normal answer still fits
+
+
+def test_loopback_host_check_refuses_rebound_names(study_dir: Path) -> None:
+    app = create_app(study_dir, admin_token="t", allowed_hosts=allowed_hosts_for("127.0.0.1"))
+    assert TestClient(app, base_url="http://127.0.0.1:8001").get("/").status_code == 200
+    assert TestClient(app, base_url="http://evil.example:8001").get("/").status_code == 400
+    # Bound beyond loopback (behind a proxy) without --allowed-host: any Host is accepted.
+    assert allowed_hosts_for("0.0.0.0") is None
+    assert allowed_hosts_for("0.0.0.0", ["study.example.org"]) == ["study.example.org"]
+    assert is_loopback("::1") and is_loopback("[::1]") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
 
 
 def test_each_participant_gets_their_own_order_and_resumes_at_the_first_unanswered(tmp_path: Path) -> None:

@@ -476,7 +476,8 @@ def curate(
     port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port."),
 ) -> None:
     """Two-round manual selection in the browser (keyboard-driven); --export writes the "manual" set."""
-    from animeprov.curate.app import LOOPBACK_HOSTS, create_app, export_curation, open_store
+    from animeprov.curate.app import create_app, export_curation, open_store
+    from animeprov.web import allowed_hosts_for, is_loopback
 
     if export is not None:
         try:
@@ -501,9 +502,9 @@ def curate(
 
     import uvicorn
 
-    loopback = host in LOOPBACK_HOSTS
+    loopback = is_loopback(host)
     try:
-        app = create_app(folder, reviewers, db, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
+        app = create_app(folder, reviewers, db, allowed_hosts=allowed_hosts_for(host))
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="DIR") from None
     if not loopback:

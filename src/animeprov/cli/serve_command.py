@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import typer
 
 from animeprov.progress import console
-
-# Host header values (without the port) by which browsers reach a loopback server.
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve(
@@ -54,13 +41,13 @@ def serve(
 
     from animeprov.evaluation.calibration import StaleCalibrationError
     from animeprov.serve import ServeSettings, create_app
+    from animeprov.web import allowed_hosts_for, is_loopback
 
     if fingerprints is not None and not fingerprints.is_dir():
         console.print(f"[red]error:[/red] {fingerprints}: no such fingerprint folder")
         raise typer.Exit(2)
-    if not allowed_host and _is_loopback(host):
-        allowed_host = list(LOOPBACK_NAMES)
-    if not _is_loopback(host):
+    allowed_hosts = allowed_hosts_for(host, allowed_host)
+    if not is_loopback(host):
         console.print(
             f"[yellow]warning:[/yellow] binding to {host}: the server is reachable from other machines; "
             "it has no authentication"
@@ -73,7 +60,7 @@ def serve(
             max_waiting=max_waiting,
             max_heatmap_views=max_heatmap_views,
             cors_origins=tuple(cors_origin),
-            allowed_hosts=tuple(allowed_host),
+            allowed_hosts=tuple(allowed_hosts or ()),
         )
         app = create_app(run, settings=settings, fingerprints=fingerprints, device=device)
     except (ValueError, FileNotFoundError, StaleCalibrationError) as error:

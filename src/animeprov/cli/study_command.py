@@ -102,19 +102,26 @@ def serve(
         envvar="ANIMEPROV_STUDY_ADMIN_TOKEN",
         help="Token for /admin (default: a random one, printed at start).",
     ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="Host header value accepted (repeat for more; e.g. the public name behind a reverse proxy). "
+        "Default: the loopback names when bound to loopback, else any.",
+    ),
 ) -> None:
     """Run the study web app. Answers go to STUDY/answers.sqlite the moment they arrive."""
     import uvicorn
 
     from animeprov.study.app import create_app
+    from animeprov.web import allowed_hosts_for, is_loopback
 
     token = admin_token or secrets.token_urlsafe(18)
     try:
-        app = create_app(study, admin_token=token)
+        app = create_app(study, admin_token=token, allowed_hosts=allowed_hosts_for(host, allowed_host))
     except (ValueError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(host):
         console.print(
             "[yellow]listening beyond this machine: put the study behind HTTPS (a reverse proxy) so answers "
             "do not travel in clear text[/yellow]"

@@ -307,9 +307,6 @@ class DecisionIn(BaseModel):
     reason: str = ""
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-
 def create_app(
     folder: str | Path,
     rounds: int = 2,
@@ -318,7 +315,7 @@ def create_app(
 ):
     """The curation page and its JSON API (FastAPI).
 
-    `allowed_hosts` (e.g. LOOPBACK_HOSTS) refuses requests whose Host header names another host: a web
+    `allowed_hosts` (e.g. web.LOOPBACK_HOSTS) refuses requests whose Host header names another host: a web
     page the reviewer visits cannot then reach this server through a DNS-rebound name.
     """
     from fastapi import FastAPI, HTTPException, Query

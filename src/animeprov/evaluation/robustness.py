@@ -191,7 +191,10 @@ def _typical_sizes(step: Perturbation, rows: list[dict]) -> str | None:
     if len(step.steps) != 1 or not chains or not rows or not rows[0].get("width"):
         return None
     shape = (int(rows[0]["height"]), int(rows[0]["width"]))
-    return " -> ".join(f"{w}x{h}" for h, w in chain_sizes(shape, chains[0]))
+    try:
+        return " -> ".join(f"{w}x{h}" for h, w in chain_sizes(shape, chains[0]))
+    except SpecError:  # that image is too large for the chain: it is skipped, and so is this label
+        return None
 
 
 # ----------------------------------------------------------------------------------------------

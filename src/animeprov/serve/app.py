@@ -40,12 +40,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import animeprov
 from animeprov.evidence import evidence_summary, read_evidence
 from animeprov.io import ImageError, LoadedImage, LoadRules, load_image, make_views, tile_grid
 from animeprov.predict import Predictor, choose_view
+from animeprov.web import BodyLimitMiddleware
 
 log = logging.getLogger("animeprov.serve")
 
@@ -145,46 +145,6 @@ _ERRORS = {
         (503, "too many requests waiting; retry later"),
     )
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# Request body limit: refuse early on Content-Length, count bytes for chunked uploads
-# ----------------------------------------------------------------------------------------------
-
-
-class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"upload too large: the request body is limited to {limit:,} bytes")
-
-
-class BodyLimitMiddleware:
-    """Pure ASGI, so it works with any FastAPI/Starlette version and never buffers the body itself."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            error = BodyTooLarge(self.max_bytes)
-            await JSONResponse({"detail": error.detail}, status_code=413)(scope, receive, send)
-            return
-        received = 0
-
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:  # a chunked body that lied by omission
-                    raise BodyTooLarge(self.max_bytes)
-            return message
-
-        await self.app(scope, counted_receive, send)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,7 +336,7 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, what="upload")
     if settings.allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
 

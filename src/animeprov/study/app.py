@@ -21,15 +21,16 @@ Nothing that identifies a person is stored or logged by the app (no IP address, 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from hashlib import sha256
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Header, HTTPException
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from animeprov.study.create import ANSWERS, FAMILIARITY, STIMULI_DIR, load_study
 from animeprov.study.store import (
@@ -39,6 +40,7 @@ from animeprov.study.store import (
     UnknownStimulusError,
     open_store,
 )
+from animeprov.web import BodyLimitMiddleware
 
 STATIC_FILES = {
     "study.js": "text/javascript",
@@ -48,35 +50,6 @@ STATIC_FILES = {
 _NO_STORE = {"Cache-Control": "no-store"}
 # Every request body is a small JSON object; without a cap a single POST could fill the server's memory.
 MAX_BODY_BYTES = 16 * 1024
-
-
-class BodyLimitMiddleware:
-    """413 for a body over `max_bytes`: refused on Content-Length, or cut off while a chunked one arrives."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await JSONResponse({"detail": "request body too large"}, status_code=413)(scope, receive, send)
-            return
-        received = 0
-
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, "request body too large")
-            return message
-
-        await self.app(scope, counted_receive, send)
 
 
 class NewParticipant(BaseModel):
@@ -97,8 +70,11 @@ def _static_text(name: str) -> str:
     return resources.files("animeprov.study").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def create_app(study_dir: str | Path, *, admin_token: str) -> FastAPI:
-    """The app for one study folder. `admin_token` guards the admin API (compared in constant time)."""
+def create_app(
+    study_dir: str | Path, *, admin_token: str, allowed_hosts: Sequence[str] | None = None
+) -> FastAPI:
+    """The app for one study folder. `admin_token` guards the admin API (compared in constant time).
+    `allowed_hosts` (e.g. web.LOOPBACK_HOSTS) refuses requests whose Host header names another host."""
     if not admin_token:
         raise ValueError("an admin token is required")
     study_dir = Path(study_dir)
@@ -113,6 +89,8 @@ def create_app(study_dir: str | Path, *, admin_token: str) -> FastAPI:
     app.state.store = store
     app.state.study = study
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
