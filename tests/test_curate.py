@@ -130,6 +130,15 @@ def test_manifest_pointing_outside_the_folder_is_refused(tmp_path: Path) -> None
         open_store(folder, rounds=2)
 
 
+def test_a_manifest_naming_a_non_image_file_never_gets_it_served(tmp_path: Path) -> None:
+    folder = make_set(tmp_path / "set", count=1)
+    (folder / "page.html").write_text("<script>alert(1)</script>")
+    (folder / "manifest.csv").write_text("path,class\npage.html,gen\n")
+    client = TestClient(create_app(folder), base_url="http://127.0.0.1:8765")
+    response = client.get("/api/items/1/image")
+    assert response.status_code == 415 and "<script>" not in response.text
+
+
 def test_cli_export_prints_acceptance_rates(tmp_path: Path) -> None:
     folder = make_set(tmp_path / "set", count=2)
     store = open_store(folder, rounds=2)

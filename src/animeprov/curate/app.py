@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from animeprov.config import IMAGE_EXTENSIONS
 from animeprov.data.manifest import MANIFEST_COLUMNS, read_columns, read_rows, relative_path, write_rows
 from animeprov.io import iter_image_files
 
@@ -382,7 +383,11 @@ def create_app(
         target = (root / item.path).resolve()
         if not target.is_relative_to(root) or not target.is_file():  # the manifest changed since it was read
             raise HTTPException(status_code=404, detail=f"image of item {item_id} is missing")
-        return FileResponse(target, headers={"Cache-Control": "private, max-age=3600"})
+        if target.suffix.lower() not in IMAGE_EXTENSIONS:  # an .html named by a manifest would run as script
+            raise HTTPException(status_code=415, detail=f"item {item_id} is not an image file")
+        # nosniff: the browser must not reinterpret the bytes as anything but the declared image type.
+        headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+        return FileResponse(target, headers=headers)
 
     @app.post("/api/decisions")
     def decide(body: DecisionIn) -> dict:
