@@ -266,6 +266,14 @@ def test_tls_error_mid_body_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     assert client.posts("", 0, 10) == [] and waits == [0.5] and client.requests == 2
 
 
+def test_only_http_file_urls_are_downloaded(booru: FakeBooru, tmp_path: Path) -> None:
+    secret = tmp_path / "local.png"
+    secret.write_bytes(picture(512, 512, 1, fmt="PNG"))
+    booru.add_post(1, file_url=secret.as_uri())  # an API answer must not make us read local files
+    result = collect(tmp_path / "out", client_for(booru, []), tags="", n=1, size=512)
+    assert result.kept == 0 and result.skipped == {"no file url": 1}
+
+
 def test_api_that_keeps_failing_raises_collect_error(booru: FakeBooru, tmp_path: Path) -> None:
     booru.script["api"] = [("status", 500, {})] * 10
     waits: list[float] = []

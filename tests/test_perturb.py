@@ -11,6 +11,7 @@ from scipy.ndimage import gaussian_filter
 
 from animeprov.perturb import (
     DEFAULT_LADDER,
+    MAX_SIDE,
     Augmenter,
     SpecError,
     chain_sizes,
@@ -221,3 +222,12 @@ def test_augmenter_is_seeded_respects_p_and_keeps_the_view_possible():
     half = Augmenter(("noise",), p=0.5)
     applied = [half.sample((8, 8), np.random.default_rng(seed)).spec != "none" for seed in range(400)]
     assert 0.4 < np.mean(applied) < 0.6
+    # An image already smaller than the view is never resampled up to fit it, nor does it fail to sample.
+    small = image(40, 40)
+    for seed in range(60):
+        assert always(small, np.random.default_rng(seed)).shape == small.shape
+    # Nor does a large one fail because an upscale would pass MAX_SIDE (it would stop a training run).
+    resize_only = Augmenter(("resize",), p=1.0, min_side=48)
+    for seed in range(60):
+        spec = resize_only.sample((64, MAX_SIDE - 100), np.random.default_rng(seed))
+        chain_sizes((64, MAX_SIDE - 100), spec.steps[0])  # raises SpecError past MAX_SIDE

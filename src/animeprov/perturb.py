@@ -354,9 +354,16 @@ class Augmenter:
             return Perturbation("none", ())
         kind = self.kinds[int(rng.integers(len(self.kinds)))]
         room = min(shape) / max(self.min_side, 1)  # how far the image may shrink and still give a view
+        if room < 1:
+            # Too small for the view already: left as it is, so it is skipped as without augmentation (an
+            # upscale would rescue it by resampling; a crop fraction above 1 cannot be drawn).
+            return Perturbation("none", ())
         if kind == "resize":
             low = max(0.5, 1.0 / room)
-            factor = math.exp(rng.uniform(math.log(low), math.log(2.0)))
+            high = min(2.0, (MAX_SIDE - 1) / max(shape))  # a large image may not grow past MAX_SIDE
+            if high < low:
+                return Perturbation("none", ())
+            factor = math.exp(rng.uniform(math.log(low), math.log(high)))
             spec = f"scale:{factor:.4f}-{1 / factor:.4f}" if rng.random() < 0.5 else f"scale:{factor:.4f}"
         elif kind == "jpeg":
             spec = f"jpeg:{int(rng.integers(30, 96))}"

@@ -497,7 +497,7 @@ def _reason_to_skip(
         return "duplicate md5"
     if post.width is not None and post.height is not None and min(post.width, post.height) < size:
         return "too small"
-    if not post.file_url:
+    if not post.file_url.lower().startswith(("https://", "http://")):  # urllib would open file:// too
         return "no file url"
     return None
 
