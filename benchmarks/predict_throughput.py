@@ -1,10 +1,10 @@
 """End-to-end `animeprov predict` throughput and memory on JPEG files; prints JSON.
 
     flock /tmp/animeprov-heavy.lock .venv/bin/python benchmarks/predict_throughput.py \
-        --work /work/runs/predict/bench --files 20000
+        --work runs/bench-predict --files 20000
 
 1. Inputs: `--unique` 512x512 JPEGs (quality 90), each a mosaic of four 256 px crops from
-   /work/shared/data/anime-real-256 (random pixels if that is missing), hard-linked under `--files` names
+   ../shared/data/anime-real-256 beside the checkout (random pixels if that is missing), hard-linked under `--files` names
    in folders of 1000, so the long run reads many distinct paths without needing their disk space.
 2. A run folder: an untrained cnn-dct-mask at `--size` with random DCT statistics and a calibration.json;
    throughput does not depend on the weights' values.
@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-SHARED_CROPS = Path("/work/shared/data/anime-real-256")
+# The development images, in the layout where the checkout sits beside ../shared/data.
+SHARED_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "anime-real-256"
 
 
 def make_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
@@ -227,7 +228,7 @@ def end_to_end(run: Path, folder: Path, out: Path, total: int, args: argparse.Na
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/work/runs/predict/bench"))
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-predict"))
     parser.add_argument("--files", type=int, default=20_000)
     parser.add_argument("--unique", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
