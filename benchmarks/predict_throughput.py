@@ -4,8 +4,8 @@
         --work runs/bench-predict --files 20000
 
 1. Inputs: `--unique` 512x512 JPEGs (quality 90), each a mosaic of four 256 px crops from
-   ../shared/data/anime-real-256 beside the checkout (random pixels if that is missing), hard-linked under `--files` names
-   in folders of 1000, so the long run reads many distinct paths without needing their disk space.
+   ../shared/data/anime-real-256 beside the checkout (random pixels if that is missing), hard-linked under
+   `--files` names in folders of 1000, so the long run reads many distinct paths without their disk space.
 2. A run folder: an untrained cnn-dct-mask at `--size` with random DCT statistics and a calibration.json;
    throughput does not depend on the weights' values.
 3. Baselines, in one process on the first `--baseline` files: the naive loop (`Predictor.predict(path)`, one
