@@ -24,17 +24,21 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(data_app, name="data", help="Build data sets: synthetic benchmark, index, split.")
-model_commands.register(app)
-evidence_command.register(app)
+model_commands.register(app)  # models, train, evaluate, demo
 calibrate_command.register(app)
-study_command.register(app)
+predict_command.register(app)  # predict, predict-merge
+serve_command.register(app)
+export_command.register(app)
+evidence_command.register(app)
 fingerprint_command.register(app)
 experiment_command.register(app)
 robustness_command.register(app)
-serve_command.register(app)
-predict_command.register(app)
-export_command.register(app)
+app.add_typer(
+    data_app,
+    name="data",
+    help="Data sets: synthetic benchmark, index, split, prompts, generation, booru collection, curation.",
+)
+study_command.register(app)
 
 
 def main() -> None:
