@@ -19,6 +19,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", "
 # The class meaning "drawn by a person"; detection is P(generated) = 1 - P(HUMAN_CLASS).
 DEFAULT_HUMAN_CLASS = "human"
 
+# Verdict calibration targets (evaluation/calibration.py explains each). Here rather than there so that the
+# command line can show them as defaults without importing the fitting code (scipy, sklearn) at start-up.
+DEFAULT_TARGET_FPR = 0.01  # human images judged "ai": false accusations, the costly error
+DEFAULT_TARGET_FNR = 0.05  # generated images judged "artist"
+DEFAULT_KNOWN_PASS_RATE = 0.95  # known-generator images that must not be called "unknown generator"
+
 
 @dataclass(frozen=True)
 class VariantSpec:

@@ -150,11 +150,14 @@ def _pil_to_bytes(image: Image.Image) -> bytes:
 
 
 def load_item(
-    item: Item, rules: LoadRules = LoadRules(), *, name: str | None = None
+    item: Item, rules: LoadRules = LoadRules(), *, name: str | None = None, raw: bytes | None = None
 ) -> tuple[LoadedImage, bytes | None]:
-    """(decoded image, raw bytes or None) for a path, bytes, (name, bytes), PIL image or LoadedImage."""
+    """(decoded image, raw bytes or None) for a path, bytes, (name, bytes), PIL image or LoadedImage.
+
+    `raw`: the file bytes of an already decoded LoadedImage, so that the evidence readers that need them
+    (C2PA, full-length PNG text) still run."""
     if isinstance(item, LoadedImage):
-        return item, None
+        return item, raw
     if isinstance(item, tuple):
         name, item = item
     if isinstance(item, (bytes, bytearray, memoryview)):
@@ -199,9 +202,10 @@ def prepare(
     *,
     name: str | None = None,
     keep_pixels: bool = False,
+    raw: bytes | None = None,
 ) -> Prepared:
     """Load, read evidence, cut views. Raises ImageError for a bad image."""
-    loaded, raw = load_item(item, rules, name=name)
+    loaded, raw = load_item(item, rules, name=name, raw=raw)
     height, width = loaded.height, loaded.width
     chosen = choose_view(height, width, size, view)
     views = np.stack(make_views(loaded.pixels, size, chosen, path=loaded.path))
@@ -414,13 +418,20 @@ class Predictor:
     # --- public --------------------------------------------------------------------------------
 
     def predict(
-        self, item: Item, *, view: str = "auto", heatmap: bool = False, name: str | None = None
+        self,
+        item: Item,
+        *,
+        view: str = "auto",
+        heatmap: bool = False,
+        name: str | None = None,
+        raw: bytes | None = None,
     ) -> ImagePrediction:
         """One image: a path, bytes, (name, bytes), PIL image or LoadedImage. Raises ImageError on bad input.
-        `name` labels bytes or PIL images in `source`. `heatmap=True` adds where the model looked for its top
-        class (see `animeprov.heatmap`), stitched back onto the image for tiles."""
+        `name` labels bytes or PIL images in `source`; `raw` gives a LoadedImage's file bytes to the evidence
+        readers. `heatmap=True` adds where the model looked for its top class (see `animeprov.heatmap`),
+        stitched back onto the image for tiles."""
         choose_view(0, 0, self.size, view)  # validates the name before any work
-        prepared = prepare(item, self.size, view, self.load_rules, name=name, keep_pixels=heatmap)
+        prepared = prepare(item, self.size, view, self.load_rules, name=name, keep_pixels=heatmap, raw=raw)
         result = self._result(prepared, self._batched_log_probs(prepared.views))
         if heatmap:
             result.heatmap = self._heatmap(prepared, result)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from animeprov.evaluation.calibration import (
-    DEFAULT_KNOWN_PASS_RATE,
-    DEFAULT_TARGET_FNR,
-    DEFAULT_TARGET_FPR,
-    Calibration,
-)
+from animeprov.cli.errors import fail
+from animeprov.config import DEFAULT_KNOWN_PASS_RATE, DEFAULT_TARGET_FNR, DEFAULT_TARGET_FPR
 from animeprov.progress import console
+
+if TYPE_CHECKING:  # the fitting code (scipy, sklearn) is imported only when the command runs
+    from animeprov.evaluation.calibration import Calibration
 
 
 def calibrate(
@@ -54,8 +54,7 @@ def calibrate(
             device=device,
         )
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     console.print(calibration_table(calibration))
     for note in calibration.measured["notes"]:
         console.print(f"[yellow]note:[/yellow] {note}")

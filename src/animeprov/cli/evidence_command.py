@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from animeprov.cli.errors import fail
 from animeprov.progress import console
 
 
@@ -22,8 +23,7 @@ def evidence(
     try:
         files = list(iter_image_files(paths, recursive=recursive))
     except FileNotFoundError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     for path in files:
         try:
             raw = path.read_bytes()

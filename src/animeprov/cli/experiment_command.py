@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from animeprov.cli.errors import fail
 from animeprov.progress import console
 
 
@@ -34,8 +35,7 @@ def experiment(
             return
         results = run_experiment(grid, out, device=device or None)
     except (ConfigError, ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     print((out / "tables.md").read_text(encoding="utf-8"))
     console.print(f"written {out / 'tables.md'} ({results['seconds_this_call']:.0f} s this call)")
 

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from animeprov.cli.errors import fail
 from animeprov.progress import console
 
 
@@ -23,8 +24,7 @@ def export(
     try:
         result = export_onnx(run, onnx, weights=weights, check=check)
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     table = Table(title=f"{result.path} ({result.path.stat().st_size / 1e6:.1f} MB, {result.seconds:.1f} s)")
     table.add_column("metadata")
     table.add_column("value")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.progress import console, progress_bar
 
@@ -81,8 +82,7 @@ def fingerprint(
             )
             plot_resize_panel(before, after, out / RESIZE_PANEL_FILE, label=panel_class, chain=resize_chain)
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
 
     table = Table(title=f"fingerprints of {data}")
     for column in ("class", "images", "skipped"):

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_HUMAN_CLASS, VARIANTS
 from animeprov.progress import console
 
@@ -86,8 +87,7 @@ def train(
     try:
         summary = run_training(config, out, resume=resume)
     except (RunExistsError, ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     if not distributed.is_main():
         return  # under torchrun every rank returns the same summary: rank 0 prints it once
     for path, reason in summary["skipped"].items():
@@ -126,8 +126,7 @@ def evaluate(
             device=device,
         )
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     for item in report["skipped"]:
         console.print(f"[yellow]skipped[/yellow] {item['path']}: {item['reason']}")
     detection = report["detection"]

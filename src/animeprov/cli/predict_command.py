@@ -25,6 +25,7 @@ from typing import TextIO
 
 import typer
 
+from animeprov.cli.errors import fail
 from animeprov.progress import console, progress_bar
 
 FORMATS = ("auto", "jsonl", "csv", "table")
@@ -364,10 +365,6 @@ def predict(
     from animeprov.evidence import METADATA_CAVEAT
     from animeprov.predict import PREDICT_VIEWS, Predictor
 
-    def fail(message: str) -> typer.Exit:
-        console.print(f"[red]error:[/red] {message}")
-        return typer.Exit(2)
-
     if fmt not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}")
     if view not in PREDICT_VIEWS:
@@ -486,8 +483,7 @@ def predict_merge(
     try:
         counts = merge_shards(out, allow_incomplete=allow_incomplete)
     except ValueError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     console.print(
         f"merged {counts['shards']} shards into {out}: {counts['rows']} rows"
         + (f", {counts['duplicates']} duplicate rows dropped" if counts["duplicates"] else "")

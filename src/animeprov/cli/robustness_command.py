@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.perturb import DEFAULT_LADDER
 from animeprov.progress import console
@@ -44,8 +45,7 @@ def robustness(
     specs = [spec.strip() for spec in ladder.split(",") if spec.strip()]
     weight_files = {"best": ckpt.BEST_WEIGHTS, "last": ckpt.LAST_STATE}
     if weights not in weight_files:
-        console.print(f"[red]error:[/red] --weights must be best or last, got {weights!r}")
-        raise typer.Exit(2)
+        raise fail(f"--weights must be best or last, got {weights!r}")
     try:
         specs += [chain_spec(text) for text in chain]
         parse_ladder(specs)  # every spec error before any prediction
@@ -65,8 +65,7 @@ def robustness(
             weights=weight_files[weights],
         )
     except (SpecError, ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     clean = table["rows"][0]
     worst = min(
         table["rows"],

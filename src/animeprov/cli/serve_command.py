@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from animeprov.cli.errors import fail
 from animeprov.progress import console
 
 
@@ -44,8 +45,7 @@ def serve(
     from animeprov.web import allowed_hosts_for, is_loopback
 
     if fingerprints is not None and not fingerprints.is_dir():
-        console.print(f"[red]error:[/red] {fingerprints}: no such fingerprint folder")
-        raise typer.Exit(2)
+        raise fail(f"{fingerprints}: no such fingerprint folder")
     allowed_hosts = allowed_hosts_for(host, allowed_host)
     if not is_loopback(host):
         console.print(
@@ -64,8 +64,7 @@ def serve(
         )
         app = create_app(run, settings=settings, fingerprints=fingerprints, device=device)
     except (ValueError, FileNotFoundError, StaleCalibrationError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     console.print(f"serving {run} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=settings.connection_limit())
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.progress import console
 
@@ -80,8 +81,7 @@ def create(
                 title=title,
             )
         except (ValueError, FileNotFoundError, FileExistsError) as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from None
+            raise fail(error) from None
     for warning in caught:
         console.print(f"[bold yellow]WARNING:[/bold yellow] {warning.message}")
     console.print(
@@ -119,8 +119,7 @@ def serve(
     try:
         app = create_app(study, admin_token=token, allowed_hosts=allowed_hosts_for(host, allowed_host))
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     if not is_loopback(host):
         console.print(
             "[yellow]listening beyond this machine: put the study behind HTTPS (a reverse proxy) so answers "
@@ -152,11 +151,9 @@ def simulate(
         profile = SimulatedProfile(accuracy=accuracy, unsure_rate=unsure_rate)
         results = simulate_participants(study, url, participants, profile=profile, seed=seed)
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     except httpx.HTTPError as error:
-        console.print(f"[red]error:[/red] the study server at {url} failed: {error}")
-        raise typer.Exit(1) from None
+        raise fail(f"the study server at {url} failed: {error}", 1) from None
     total = sum(r["answers"] for r in results)
     console.print(
         f"{len(results)} SIMULATED participants submitted {total} answers (accuracy {accuracy:g}, "
@@ -208,8 +205,7 @@ def report(
             device=device,
         )
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        raise fail(error) from None
     selection = result["participants"]
     if result["simulated_only"]:
         console.print("[bold yellow]every analysed participant is SIMULATED: not human data[/bold yellow]")

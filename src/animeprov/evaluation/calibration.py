@@ -55,7 +55,12 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from scipy.stats import beta
 
-from animeprov.config import DEFAULT_HUMAN_CLASS
+from animeprov.config import (
+    DEFAULT_HUMAN_CLASS,
+    DEFAULT_KNOWN_PASS_RATE,
+    DEFAULT_TARGET_FNR,
+    DEFAULT_TARGET_FPR,
+)
 from animeprov.evaluation.metrics import DEFAULT_ECE_BINS, expected_calibration_error
 from animeprov.io import sha256_file
 
@@ -69,10 +74,6 @@ PROB_FLOOR = 1e-12
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 # Guards floor/ceil against products such as 0.6 * 5 = 2.9999999999999996.
 _COUNT_SLACK = 1e-9
-
-DEFAULT_TARGET_FPR = 0.01
-DEFAULT_TARGET_FNR = 0.05
-DEFAULT_KNOWN_PASS_RATE = 0.95
 
 VERDICTS = ("artist", "unsure", "ai")
 UNKNOWN_GENERATOR = "unknown"

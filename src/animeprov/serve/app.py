@@ -42,7 +42,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 import animeprov
-from animeprov.evidence import evidence_summary, read_evidence
 from animeprov.io import ImageError, LoadedImage, LoadRules, load_image, make_views, tile_grid
 from animeprov.predict import Predictor, choose_view
 from animeprov.web import BodyLimitMiddleware
@@ -360,15 +359,12 @@ def create_app(
             loaded = load_image(data, rules, name=name)
             if heatmap:
                 check_heatmap_cost(loaded, view)
-            prediction = predictor.predict(loaded, view=view, heatmap=heatmap)
+            prediction = predictor.predict(loaded, view=view, heatmap=heatmap, raw=data)
         except ImageError as error:
             # io's advice names the CLI option; over HTTP it is the query parameter.
             reason = error.reason.replace("--view ", "view=")
             raise HTTPException(status_for(error), f"{name}: {reason}") from None
         body = prediction.to_dict()
-        # Given a decoded image the Predictor has no file bytes; with them C2PA manifests and full-length PNG
-        # text are read too.
-        body["evidence"] = evidence_summary(read_evidence(loaded, data))
         if heatmap and prediction.heatmap is not None:
             pixels = loaded.pixels
             if prediction.heatmap.shape != pixels.shape[:2]:  # pad/resize: the map covers the view
