@@ -25,6 +25,7 @@ from animeprov.io import (
     iter_image_files,
     load_image,
     make_views,
+    read_file,
     sha256_file,
     tile_grid,
 )
@@ -563,6 +564,84 @@ def test_iter_image_files_order_filter_and_recursion(tmp_path):
 def test_iter_image_files_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope: no such file or folder"):
         list(iter_image_files([tmp_path, tmp_path / "nope"]))
+
+
+def bad_entries(folder: Path) -> Path:
+    """A folder with a good image, a symlink loop, a dangling symlink and a FIFO, all named like images."""
+    folder.mkdir()
+    save(folder / "good.png", Image.new("RGB", (2, 2)))
+    os.symlink("loop-b.png", folder / "loop-a.png")
+    os.symlink("loop-a.png", folder / "loop-b.png")
+    os.symlink("gone.png", folder / "dangling.png")
+    os.mkfifo(folder / "pipe.png")
+    return folder
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs need POSIX")
+def test_walk_yields_bad_entries_for_the_loader_to_name_and_never_raises(tmp_path):
+    folder = bad_entries(tmp_path / "d")
+    found = [p.name for p in iter_image_files([folder])]  # used to raise OSError (ELOOP) from the walk
+    assert found == ["dangling.png", "good.png", "loop-a.png", "loop-b.png", "pipe.png"]
+    assert load_reason(folder / "dangling.png") == "broken symbolic link (its target does not exist)"
+    assert load_reason(folder / "loop-a.png").startswith("symbolic link loop")
+    assert load_reason(folder / "pipe.png") == "not a regular file (a FIFO)"
+    with pytest.raises(ImageError, match="a FIFO"):  # never blocks on the pipe
+        read_file(folder / "pipe.png")
+    assert read_file(folder / "good.png") == (folder / "good.png").read_bytes()
+
+
+def test_walk_reports_a_folder_it_cannot_list_and_goes_on(tmp_path, monkeypatch):
+    for name in ("a/1.png", "locked/2.png", "z/3.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        save(tmp_path / name, Image.new("RGB", (2, 2)))
+    real_scandir = os.scandir
+
+    def scandir(path):  # root ignores mode 000, so simulate it
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    skipped = []
+    found = list(
+        iter_image_files([tmp_path], on_skip=lambda folder, reason: skipped.append((folder, reason)))
+    )
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.png", "z/3.png"]
+    assert skipped == [
+        (tmp_path / "locked", "cannot list this folder (Permission denied); files in it were skipped")
+    ]
+    with pytest.warns(UserWarning, match="locked: cannot list this folder"):  # without on_skip: a warning
+        assert len(list(iter_image_files([tmp_path]))) == 2
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
+def test_walk_really_skips_a_mode_000_folder(tmp_path):
+    save(tmp_path / "1.png", Image.new("RGB", (2, 2)))
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked").chmod(0)
+    try:
+        skipped = []
+        found = list(iter_image_files([tmp_path], on_skip=lambda folder, reason: skipped.append(folder)))
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert [p.name for p in found] == ["1.png"] and skipped == [tmp_path / "locked"]
+
+
+def test_png_text_chunk_over_pils_limit_is_skipped_and_noted(tmp_path):
+    pixels = random_rgb(8, 8, seed=5)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 10), zip=True)  # ~2 KB compressed
+    info.add_itxt("workflow", "y" * (PngImagePlugin.MAX_TEXT_CHUNK + 10), zip=True)
+    info.add_text("Software", "NovelAI")
+    path = save(tmp_path / "big-text.png", Image.fromarray(pixels), pnginfo=info)
+    loaded = load_image(path)  # was refused as "corrupt or truncated"
+    np.testing.assert_array_equal(loaded.pixels, pixels)
+    limit = f"{PngImagePlugin.MAX_TEXT_CHUNK:,}"
+    assert loaded.notes == [
+        f"PNG text chunk 'parameters' over {limit} bytes skipped",
+        f"PNG text chunk 'workflow' over {limit} bytes skipped",
+    ]
+    assert loaded.metadata == {"Software": "NovelAI"}
 
 
 def test_sha256_file_matches_hashlib(tmp_path):

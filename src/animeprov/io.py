@@ -19,18 +19,21 @@ Nothing here resizes, except `make_views(..., mode="resize")`, which must be ask
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
 import stat
+import struct
 import warnings
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from animeprov.config import DEFAULT_ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
@@ -141,26 +144,93 @@ def _open_file(path: str, display: str) -> BinaryIO:
     try:
         info = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageError(display, "broken symbolic link (its target does not exist)") from None
         raise ImageError(display, "file not found") from None
-    except PermissionError:
-        raise ImageError(display, "permission denied") from None
     except OSError as error:
-        raise ImageError(display, f"cannot read file ({error.strerror or error})") from None
+        raise ImageError(display, _os_reason(error)) from None
     if stat.S_ISDIR(info.st_mode):
         raise ImageError(display, "is a directory, not an image file")
     if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
-        raise ImageError(display, "not a regular file")
+        raise ImageError(display, f"not a regular file ({_file_kind(info.st_mode)})")
     if info.st_size == 0:
         raise ImageError(display, "empty file (0 bytes)")
     try:
         return open(path, "rb")
-    except PermissionError:
-        raise ImageError(display, "permission denied") from None
     except OSError as error:
-        raise ImageError(display, f"cannot read file ({error.strerror or error})") from None
+        raise ImageError(display, _os_reason(error)) from None
+
+
+def _os_reason(error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    return f"cannot read file ({error.strerror or error})"
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device"}
+    return next((name for test, name in kinds.items() if test(mode)), "a special file")
+
+
+class _OversizedPngText(Exception):
+    """PIL refused a compressed PNG text chunk over its 1 MB limit (PngImagePlugin.MAX_TEXT_CHUNK)."""
 
 
 def _decode(stream: BinaryIO, path: str, rules: LoadRules) -> LoadedImage:
+    """`_decode_pixels`; a PNG whose only fault is a text chunk over PIL's 1 MB limit is decoded again
+    without that chunk (metadata, not pixels), and the loss is noted."""
+    try:
+        return _decode_pixels(stream, path, rules)
+    except _OversizedPngText:
+        stream.seek(0)
+        data, skipped = _without_big_png_text(stream.read())
+    try:
+        loaded = _decode_pixels(io.BytesIO(data), path, rules)
+    except _OversizedPngText:  # e.g. many text chunks over PIL's total: refused, but not as "corrupt"
+        raise ImageError(path, "PNG text chunks larger than the decoder accepts") from None
+    limit = PngImagePlugin.MAX_TEXT_CHUNK
+    loaded.notes += [f"PNG text chunk {key!r} over {limit:,} bytes skipped" for key in skipped]
+    return loaded
+
+
+def _without_big_png_text(data: bytes) -> tuple[bytes, list[str]]:
+    """The PNG without its compressed text chunks (zTXt, iTXt) whose text exceeds PIL's limit, and their
+    keys. Other chunks are copied byte for byte (each carries its own CRC)."""
+    kept, skipped, position = [data[:8]], [], 8
+    while position + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        end = position + 12 + length
+        body = data[position + 8 : end - 4]
+        if kind in (b"zTXt", b"iTXt") and _text_too_long(kind, body):
+            skipped.append(body.split(b"\0", 1)[0].decode("latin-1"))
+        else:
+            kept.append(data[position:end])
+        position = end
+    kept.append(data[position:])
+    return b"".join(kept), skipped
+
+
+def _text_too_long(kind: bytes, body: bytes) -> bool:
+    """Whether a zTXt/iTXt chunk inflates beyond PngImagePlugin.MAX_TEXT_CHUNK (PIL's own test)."""
+    _, _, rest = body.partition(b"\0")
+    if kind == b"zTXt":
+        compressed = rest[1:]  # compression method byte, then the zlib stream
+    else:  # iTXt: compressed flag, method, language \0, translated keyword \0, text
+        parts = rest[2:].split(b"\0", 2)
+        if rest[:1] != b"\x01" or len(parts) < 3:
+            return False
+        compressed = parts[2]
+    inflater = zlib.decompressobj()
+    try:
+        inflater.decompress(compressed, PngImagePlugin.MAX_TEXT_CHUNK)
+    except zlib.error:
+        return False
+    return bool(inflater.unconsumed_tail)
+
+
+def _decode_pixels(stream: BinaryIO, path: str, rules: LoadRules) -> LoadedImage:
     """Header checks, full decode of the first frame, then orientation and colour conversion."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # a global some code sets "to fix" errors; it hides corrupt files
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; animeprov needs it False")
@@ -210,6 +280,8 @@ def _pil_errors(path: str) -> Iterator[None]:
                 path, f"too many pixels, refused before decoding ({error})", kind="too-large"
             ) from None
         except Exception as error:  # PIL plugins raise many types on bad data: OSError, ValueError, ...
+            if "MAX_TEXT_CHUNK" in str(error):  # metadata over PIL's limit, not bad pixels: see _decode
+                raise _OversizedPngText from None
             reason = f"corrupt or truncated image data ({type(error).__name__}: {error})"
             raise ImageError(path, reason) from None
 
@@ -479,37 +551,66 @@ def _resize_shorter_side(pixels: np.ndarray, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def iter_image_files(paths: Iterable[str | Path], recursive: bool = True) -> Iterator[Path]:
+def iter_image_files(
+    paths: Iterable[str | Path],
+    recursive: bool = True,
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> Iterator[Path]:
     """Files are yielded as given; folders are walked for config.IMAGE_EXTENSIONS (any case).
 
     Folders are walked lazily, depth first, entries sorted by name, so the order is deterministic
     (it equals sorting the found paths) and memory stays flat however many files there are. Hidden
     entries (names starting with ".", e.g. macOS "._x.png" resource forks) and symlinked folders
-    (loops) are skipped inside folders. All given paths are checked first: a missing one raises
-    FileNotFoundError before anything is yielded.
+    (loops) are skipped inside folders. Every other entry with an image extension is yielded, whatever
+    it is (a dangling or looping symlink, a FIFO, ...): the loader then reports it with its reason, as
+    when it is given by name, instead of it being dropped silently. A folder that cannot be listed
+    (permission denied, ...) is passed to `on_skip(folder, reason)` and the walk goes on (a warning
+    without `on_skip`). All given paths are checked first: a missing one raises FileNotFoundError
+    before anything is yielded.
     """
     given = [Path(p) for p in paths]
     for path in given:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
+    report = on_skip if on_skip is not None else _warn_skipped
     for path in given:
         if path.is_dir():
-            yield from _walk(path, recursive)
+            yield from _walk(path, recursive, report)
         else:
             yield path
 
 
-def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
-    with os.scandir(folder) as scan:
-        entries = sorted(scan, key=lambda entry: entry.name)
+def _warn_skipped(folder: Path, reason: str) -> None:
+    warnings.warn(f"{folder}: {reason}", stacklevel=3)
+
+
+def _walk(folder: Path, recursive: bool, on_skip: Callable[[Path, str], None]) -> Iterator[Path]:
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+    except OSError as error:  # permission denied, vanished, I/O error: this folder only
+        on_skip(folder, f"cannot list this folder ({error.strerror or error}); files in it were skipped")
+        return
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir(follow_symlinks=False):
+        try:
+            is_folder = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_folder = False
+        if is_folder:
             if recursive:
-                yield from _walk(Path(entry.path), recursive)
-        elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                yield from _walk(Path(entry.path), recursive, on_skip)
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
             yield Path(entry.path)
+
+
+def read_file(path: str | os.PathLike, name: str | None = None) -> bytes:
+    """The bytes of a regular, non-empty file, or the ImageError load_image would raise (a FIFO never
+    blocks, a dangling symlink or a folder is named as such)."""
+    path = os.fspath(path)
+    with _open_file(path, name or path) as stream:
+        return stream.read()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
