@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
+import stat
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +34,52 @@ LOG_FILE = "train.log"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a kill or a power cut leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+    tmp = _temporary_name(path)
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:  # created as any file is: the umask applies
+            handle.write(text)
+        _replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
+    tmp = _temporary_name(path)
     try:
+        with open(tmp, "xb"):  # created as any new file is, so that its mode follows the umask
+            pass
+        mode = stat.S_IMODE(tmp.stat().st_mode)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)  # safetensors writes 0600 whatever the umask
+        _replace_durably(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def _temporary_name(path: Path) -> Path:
+    """A new name beside `path`. Not tempfile's: its files are 0600 whatever the umask, so a run trained
+    by one user could not be read by another (e.g. a service account running `serve`)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    """fsync the new file, rename it over `path`, fsync the folder (the rename): without both, a power cut
+    can leave an empty or missing file although the rename had returned."""
+    _fsync(tmp)
+    os.replace(tmp, path)
+    if os.name == "posix":  # folders cannot be opened for fsync on Windows
+        _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

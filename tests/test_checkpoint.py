@@ -1,0 +1,45 @@
+"""Run files: written atomically and durably (fsync of the file and its folder), with the user's umask."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from animeprov import checkpoint as ckpt
+
+
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def test_run_files_respect_the_umask(tmp_path: Path, umask_027) -> None:
+    # tempfile's files are 0600 whatever the umask: a service account could not read another user's run.
+    ckpt.write_config(tmp_path, {"variant": "x"})
+    ckpt.save_weights(torch.nn.Linear(2, 2), tmp_path / ckpt.BEST_WEIGHTS)
+    for name in (ckpt.CONFIG_FILE, ckpt.BEST_WEIGHTS):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.CONFIG_FILE, ckpt.BEST_WEIGHTS]  # no temp left
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc (Linux)")
+def test_run_files_are_synced_before_and_after_the_rename(tmp_path: Path, monkeypatch) -> None:
+    events = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    for write in (
+        lambda: ckpt.atomic_write_text(tmp_path / "metrics.jsonl", "{}\n"),
+        lambda: ckpt.save_weights(torch.nn.Linear(2, 2), tmp_path / ckpt.BEST_WEIGHTS),
+    ):
+        events.clear()
+        write()
+        kinds = [kind for kind, _ in events]
+        assert kinds == ["fsync", "replace", "fsync"], events  # the new file, the rename, the folder
+        assert events[0][1].endswith(".tmp") and events[2][1] == str(tmp_path)
