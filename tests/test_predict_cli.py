@@ -204,3 +204,97 @@ def test_heatmaps_option_writes_one_overlay_per_readable_image(run, images, tmp_
     overlays = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "maps").glob("*.png"))
     assert overlays == ["a", "b", "c"]  # broken.png has a row with its error, and no overlay
     assert len(result.stdout.splitlines()) == 4
+
+
+@pytest.fixture
+def odd_names(tmp_path: Path) -> Path:
+    """d/a.png, d/b_<0xff>.png (a name that is not UTF-8), d/c.png"""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for seed, name in enumerate([b"a.png", b"b_\xff.png", b"c.png"]):
+        write_image(folder / os.fsdecode(name), SIZE, SIZE, seed=seed)
+    return folder
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_file_name_that_is_not_utf8_is_written_losslessly_and_resumes(run, odd_names, tmp_path, suffix):
+    out = tmp_path / f"p{suffix}"
+    result = invoke("predict", run, odd_names, "--out", out)  # was UnicodeEncodeError on the second file
+    assert result.exit_code == 0, result.output
+    if suffix == ".jsonl":
+        out.read_bytes().decode("utf-8")  # still valid UTF-8: the byte is a JSON escape (\udcff)
+        rows = jsonl_rows(out)
+    else:  # the name's own bytes, as the file system has them
+        with open(out, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    assert [os.fsencode(row["source"]) for row in rows] == [
+        os.fsencode(odd_names / os.fsdecode(name)) for name in (b"a.png", b"b_\xff.png", b"c.png")
+    ]
+    assert not any(row["error"] for row in rows)
+    written = out.read_bytes()
+    again = invoke("predict", run, odd_names, "--out", out)
+    assert again.exit_code == 0 and "3 files already written" in again.said and out.read_bytes() == written
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "jsonl"])
+def test_a_file_name_that_is_not_utf8_goes_to_stdout(run, odd_names, fmt):
+    result = invoke("predict", run, odd_names / os.fsdecode(b"b_\xff.png"), "--format", fmt)
+    assert result.exit_code == 0, result.output
+    shown = {"table": b"b_\\xff.png", "csv": b"b_\xff.png", "jsonl": b"b_\\udcff.png"}[fmt]
+    assert shown in result.stdout_bytes
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs need POSIX")
+def test_bad_entries_and_unlistable_folders_get_rows_and_the_batch_goes_on(run, tmp_path, monkeypatch):
+    folder = tmp_path / "d"
+    (folder / "locked").mkdir(parents=True)
+    write_image(folder / "good.png", SIZE, SIZE, seed=1)
+    write_image(folder / "locked" / "x.png", SIZE, SIZE, seed=2)
+    os.symlink("loop-b.png", folder / "loop-a.png")
+    os.symlink("loop-a.png", folder / "loop-b.png")
+    os.symlink("gone.png", folder / "dangling.png")
+    os.mkfifo(folder / "pipe.png")
+    real_scandir = os.scandir
+
+    def scandir(path):  # root ignores mode 000, so simulate a folder this user may not list
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "p.jsonl"
+    result = invoke("predict", run, folder, "--out", out)
+    assert result.exit_code == 0, result.output
+    errors = {Path(row["source"]).name: row["error"] for row in jsonl_rows(out)}
+    assert set(errors) == {"locked", "dangling.png", "good.png", "loop-a.png", "loop-b.png", "pipe.png"}
+    assert errors["good.png"] is None
+    assert "cannot list this folder (Permission denied)" in errors["locked"]
+    assert "broken symbolic link" in errors["dangling.png"] and "symbolic link loop" in errors["loop-a.png"]
+    assert "not a regular file (a FIFO)" in errors["pipe.png"]
+    assert "5 unreadable" in result.said
+    again = invoke("predict", run, folder, "--out", out)  # resumes: every row, the folder's too, is written
+    assert again.exit_code == 0 and "6 files already written" in again.said
+
+
+def test_exit_status_3_when_no_file_could_be_judged(run, images, tmp_path):
+    out = tmp_path / "p.jsonl"
+    nothing = invoke("predict", run, images / "sub" / "broken.png", images / "notes.txt", "--out", out)
+    assert nothing.exit_code == 3 and "none of the 2 files could be judged" in nothing.said
+    assert len(jsonl_rows(out)) == 2 and (tmp_path / "p.jsonl.done").exists()  # rows written all the same
+    assert invoke("predict", run, images / "sub" / "broken.png", images / "a.png").exit_code == 0
+    resumed = invoke("predict", run, images / "sub" / "broken.png", images / "notes.txt", "--out", out)
+    assert resumed.exit_code == 0  # nothing left to do is not a failure
+
+
+def test_an_unreadable_run_file_is_a_clear_error(run, images, monkeypatch):
+    real_read_text = Path.read_text
+
+    def refusing(path, *args, **kwargs):  # root ignores modes, so simulate another user's 0600 file
+        if path.name == "config.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refusing)
+    result = invoke("predict", run, images / "a.png")  # was a PermissionError traceback
+    assert result.exit_code == 2
+    assert f"{run / 'config.json'}: permission denied (it must be readable by the user" in result.said

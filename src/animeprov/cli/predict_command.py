@@ -14,6 +14,7 @@ import glob
 import hashlib
 import heapq
 import io
+import itertools
 import json
 import os
 import re
@@ -31,6 +32,8 @@ from animeprov.progress import console, progress_bar
 FORMATS = ("auto", "jsonl", "csv", "table")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _SHARD_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)$")
+# Exit status when files were found but none could be judged (all unreadable); 2 is a usage error.
+NOTHING_JUDGED = 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -38,9 +41,12 @@ _SHARD_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)$")
 # ----------------------------------------------------------------------------------------------
 
 
-def expand_paths(paths: Iterable[str], recursive: bool) -> Iterator[Path]:
-    """Files as given, folders walked (io.iter_image_files), and glob patterns (`**` included) expanded
-    in sorted order. Raises FileNotFoundError for a missing path or a pattern that matches nothing."""
+def expand_paths(
+    paths: Iterable[str], recursive: bool, on_skip: Callable[[Path, str], None] | None = None
+) -> Iterator[Path]:
+    """Files as given, folders walked (io.iter_image_files, which passes folders it cannot list to
+    `on_skip`), and glob patterns (`**` included) expanded in sorted order. Raises FileNotFoundError for
+    a missing path or a pattern that matches nothing."""
     from animeprov.io import iter_image_files
 
     expanded: list[list[str]] = []
@@ -53,7 +59,7 @@ def expand_paths(paths: Iterable[str], recursive: bool) -> Iterator[Path]:
         else:
             expanded.append([given])
     for group in expanded:  # iter_image_files checks that every path exists before yielding any
-        yield from iter_image_files(group, recursive=recursive)
+        yield from iter_image_files(group, recursive=recursive, on_skip=on_skip)
 
 
 def shard_of(source: str, shards: int) -> int:
@@ -108,6 +114,24 @@ def csv_header(classes: list[str]) -> list[str]:
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).splitlines())
+
+
+# A file name that is not valid UTF-8 reaches Python with each undecodable byte as a lone surrogate
+# (U+DC80..U+DCFF, PEP 383). Rows keep such names losslessly: JSON lines write the surrogate as a JSON
+# escape ("\udcff": the file stays UTF-8, and os.fsencode(json.loads(line)["source"]) gives the name's
+# bytes back); CSV files and stdout carry the name's own bytes (errors="surrogateescape" both ways).
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+ENCODING_ERRORS = "surrogateescape"
+
+
+def _escape_surrogates(json_text: str) -> str:
+    """Lone surrogates (only possible inside JSON strings) as JSON \\u escapes."""
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match[0]):04x}", json_text)
+
+
+def _displayable(text: str) -> str:
+    """For people (the table): undecodable file-name bytes shown as \\xNN."""
+    return text.encode("utf-8", ENCODING_ERRORS).decode("utf-8", "backslashreplace")
 
 
 def csv_row(prediction, classes: list[str]) -> list[str]:
@@ -172,11 +196,12 @@ class RowWriter:
 
     def write(self, prediction) -> None:
         if self.fmt == "jsonl":
-            self._write(json.dumps(prediction.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
+            row = json.dumps(prediction.to_dict(), ensure_ascii=False, allow_nan=False)
+            self._write(_escape_surrogates(row) + "\n")
         elif self.fmt == "csv":
             self._write(_csv_line(csv_row(prediction, self.classes)))
         else:
-            self._write(table_line(prediction) + "\n")
+            self._write(_displayable(table_line(prediction)) + "\n")
 
 
 def source_reader(fmt: str) -> Callable[[str], str]:
@@ -194,7 +219,7 @@ def resume_output(path: Path, fmt: str, classes: list[str]) -> tuple[set[str], b
     _cut_partial_last_line(path)
     read_source = source_reader(fmt)
     done: set[str] = set()
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8", errors=ENCODING_ERRORS, newline="") as handle:
         if fmt == "csv":
             header = handle.readline().rstrip("\n")
             if not header:
@@ -275,7 +300,7 @@ def merge_shards(out: Path, *, allow_incomplete: bool = False) -> dict[str, int]
     try:
         for k in sorted(paths):
             _cut_partial_last_line(paths[k])
-            handle = open(paths[k], encoding="utf-8", newline="")
+            handle = open(paths[k], encoding="utf-8", errors=ENCODING_ERRORS, newline="")
             handles.append(handle)
             if fmt == "csv":
                 headers.add(handle.readline())
@@ -290,7 +315,7 @@ def merge_shards(out: Path, *, allow_incomplete: bool = False) -> dict[str, int]
         seen: set[str] = set()
         counts = {"shards": shards, "rows": 0, "duplicates": 0}
         tmp = out.with_name(out.name + ".merging")
-        with open(tmp, "w", encoding="utf-8", newline="") as merged:
+        with open(tmp, "w", encoding="utf-8", errors=ENCODING_ERRORS, newline="") as merged:
             merged.writelines(headers)
             for _, source, line in heapq.merge(*(keyed(h) for h in handles)):
                 if source in seen:
@@ -363,7 +388,7 @@ def predict(
     from animeprov.engine import keep_freed_memory
     from animeprov.evaluation.calibration import StaleCalibrationError
     from animeprov.evidence import METADATA_CAVEAT
-    from animeprov.predict import PREDICT_VIEWS, Predictor
+    from animeprov.predict import PREDICT_VIEWS, ImagePrediction, Predictor
 
     if fmt not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}")
@@ -382,8 +407,8 @@ def predict(
     thresholds = {"ai": ai_threshold, "artist": artist_threshold, "unknown": unknown_threshold}
     try:
         predictor = Predictor.from_checkpoint(run, device=device, thresholds=thresholds, precision=precision)
-    except (FileNotFoundError, ValueError, StaleCalibrationError) as error:
-        raise fail(str(error)) from None
+    except (OSError, ValueError, StaleCalibrationError) as error:  # OSError: e.g. a run file not readable
+        raise fail(error) from None
     if predictor.device.type == "cpu":
         keep_freed_memory()  # steady batch shapes: reusing freed memory avoids page-faulting each batch
     if workers < 0:
@@ -402,21 +427,29 @@ def predict(
         if target.exists() and done_marker(target).exists():
             done_marker(target).unlink()
 
-    def files() -> Iterator[str]:
-        for path in expand_paths(paths, recursive):
-            source = str(path)
-            if source in done or (sharding and shard_of(source, sharding[1]) != sharding[0]):
-                continue
-            yield source
+    def wanted(source: str) -> bool:
+        return source not in done and not (sharding and shard_of(source, sharding[1]) != sharding[0])
+
+    def files(on_skip: Callable[[Path, str], None] = lambda folder, reason: None) -> Iterator[str]:
+        return (str(path) for path in expand_paths(paths, recursive, on_skip) if wanted(str(path)))
+
+    # Counting walks everything once; folders it cannot list get an error row each, like unreadable files.
+    unlisted: list[ImagePrediction] = []
+
+    def note_unlisted(folder: Path, reason: str) -> None:
+        if wanted(str(folder)):
+            unlisted.append(ImagePrediction.failed(str(folder), f"{folder}: {reason}"))
 
     try:
-        total = sum(1 for _ in files())
+        total = sum(1 for _ in files(note_unlisted)) + len(unlisted)
     except FileNotFoundError as error:
         raise fail(str(error)) from None
     if sharding:
         console.print(f"shard {sharding[0]} of {sharding[1]}: {total} files to predict")
 
-    stream = open(target, "a", encoding="utf-8", newline="") if target else sys.stdout
+    if target is None and fmt == "csv" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors=ENCODING_ERRORS)  # a CSV row carries file names' own bytes
+    stream = open(target, "a", encoding="utf-8", errors=ENCODING_ERRORS, newline="") if target else sys.stdout
     writer = RowWriter(stream, fmt, predictor.classes, header=header)
     counts = {"written": 0, "errors": 0}
     start = time.perf_counter()
@@ -427,7 +460,7 @@ def predict(
                 results = _predict_with_heatmaps(predictor, files(), view, heatmaps)
             else:
                 results = predictor.predict_many(files(), view=view, batch_size=batch_size, workers=workers)
-            for prediction in results:
+            for prediction in itertools.chain(unlisted, results):
                 writer.write(prediction)
                 counts["written"] += 1
                 if prediction.error:
@@ -451,6 +484,8 @@ def predict(
             "[yellow]no calibration.json in the run: no verdicts (run `animeprov calibrate`)[/yellow]"
         )
     console.print(f"Metadata evidence: {METADATA_CAVEAT}")
+    if counts["written"] and counts["errors"] == counts["written"] and not done:
+        raise fail(f"none of the {counts['written']} files could be judged", code=NOTHING_JUDGED)
 
 
 def _predict_with_heatmaps(predictor, sources: Iterable[str], view: str, folder: Path):
