@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+import pytest
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
@@ -28,3 +30,25 @@ def test_evidence_command_reports_named_generators_and_skips_bad_files(tmp_path)
     assert by_name["nai.png"]["indicates_ai"] is True
     assert by_name["plain.png"]["items"] == []
     assert "broken.png" in result.stderr and "2 files read, 1 skipped" in result.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs need POSIX")
+def test_evidence_skips_links_fifos_and_unlistable_folders_with_reasons(tmp_path, monkeypatch):
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "plain.png")
+    os.symlink("loop-b.png", tmp_path / "loop-a.png")
+    os.symlink("loop-a.png", tmp_path / "loop-b.png")
+    os.mkfifo(tmp_path / "pipe.png")  # read_bytes() would block for ever
+    (tmp_path / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path):  # root ignores mode 000, so simulate a folder this user may not list
+        if os.path.basename(path) == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = CliRunner().invoke(app, ["evidence", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "symbolic link loop" in said and "not a regular file (a FIFO)" in said
+    assert "locked: cannot list this folder" in said and "1 files read, 4 skipped" in said

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -243,3 +244,42 @@ def test_bad_arguments_are_refused_before_reading(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hash_size"):
         build_index(tmp_path, tmp_path / "m.csv", hash_size=1)
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_indexed_and_read_back(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    odd = root / "human" / os.fsdecode(b"b_\xff.png")
+    save(smooth_image(20), odd)
+    save(smooth_image(21), root / "ai" / "a.png")
+    result = build_index(root, tmp_path / "m.csv")  # used to fail as a whole (UnicodeEncodeError)
+    assert result.rows == 2 and result.skipped == []
+    rows = list(read_rows(tmp_path / "m.csv"))
+    assert os.fsencode(rows[1]["path"]) == b"set/human/b_\xff.png"  # its own bytes, read back as written
+    assert image_path(tmp_path / "m.csv", rows[1]).read_bytes() == odd.read_bytes()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs need POSIX")
+def test_bad_entries_and_unlistable_folders_are_skipped_with_reasons(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "set"
+    save(smooth_image(30), root / "human" / "good.png")
+    save(smooth_image(31), root / "ai" / "locked" / "x.png")
+    os.symlink("loop-b.png", root / "human" / "loop-a.png")
+    os.symlink("loop-a.png", root / "human" / "loop-b.png")
+    os.symlink("gone.png", root / "human" / "dangling.png")
+    os.mkfifo(root / "human" / "pipe.png")
+    real_scandir = os.scandir
+
+    def scandir(path):  # root ignores mode 000, so simulate a folder this user may not list
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = build_index(root, tmp_path / "m.csv")  # used to raise OSError from the walk
+    assert result.rows == 1
+    reasons = {Path(file).name: reason for file, reason in result.skipped}
+    assert set(reasons) == {"locked", "loop-a.png", "loop-b.png", "dangling.png", "pipe.png"}
+    assert reasons["locked"].startswith("cannot list this folder (Permission denied)")
+    assert reasons["pipe.png"] == "not a regular file (a FIFO)"
+    listed = {Path(row["path"]).name for row in read_rows(result.skipped_csv)}
+    assert listed == set(reasons)

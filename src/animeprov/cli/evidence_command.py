@@ -17,24 +17,30 @@ def evidence(
 ) -> None:
     """Read generation metadata (A1111, NovelAI, ComfyUI, EXIF, XMP, C2PA) without trusting it."""
     from animeprov.evidence import METADATA_CAVEAT, evidence_summary, read_evidence
-    from animeprov.io import ImageError, iter_image_files, load_image
+    from animeprov.io import ImageError, iter_image_files, load_image, read_file
 
-    skipped = 0
+    read, skipped = 0, 0
+
+    def skip(reason: object) -> None:
+        nonlocal skipped
+        skipped += 1
+        console.print(f"[yellow]skipped[/yellow] {reason}")
+
     try:
-        files = list(iter_image_files(paths, recursive=recursive))
+        files = list(iter_image_files(paths, recursive=recursive, on_skip=lambda f, why: skip(f"{f}: {why}")))
     except FileNotFoundError as error:
         raise fail(error) from None
     for path in files:
         try:
-            raw = path.read_bytes()
+            raw = read_file(path)  # an ImageError for a FIFO, a broken symlink, ... (never blocks)
             summary = evidence_summary(read_evidence(load_image(raw, name=str(path)), raw))
         except (ImageError, OSError) as error:
-            skipped += 1
-            console.print(f"[yellow]skipped[/yellow] {error}")
+            skip(error)
             continue
         summary.pop("caveat")
         print(json.dumps({"path": str(path), **summary}))
-    console.print(f"{len(files) - skipped} files read, {skipped} skipped. {METADATA_CAVEAT}")
+        read += 1
+    console.print(f"{read} files read, {skipped} skipped. {METADATA_CAVEAT}")
 
 
 def register(app: typer.Typer) -> None:

@@ -111,9 +111,13 @@ def build_index(
     carried_columns = [name for name in root_columns if name not in MANIFEST_COLUMNS]
 
     # Listed first for the progress total; as strings, which are much smaller than Path objects.
-    files = [str(file) for file in iter_image_files([root], recursive=True)]
+    skipped: list[tuple[str, str]] = []  # files (and folders that cannot be listed) with the reason
+
+    def unlisted(folder: Path, reason: str) -> None:
+        skipped.append((str(folder), reason))
+
+    files = [str(file) for file in iter_image_files([root], recursive=True, on_skip=unlisted)]
     records: list[_Record] = []
-    skipped: list[tuple[str, str]] = []
     for done, file in enumerate(files, start=1):
         record_or_reason = _index_file(root, Path(file), rules, hash_size)
         if isinstance(record_or_reason, str):

@@ -23,13 +23,17 @@ MANIFEST_COLUMNS = ("path", "class", "sha256", "width", "height", "format", "gro
 SPLIT_COLUMN = "split"
 SPLITS = ("train", "val", "test")
 
+# A file name that is not valid UTF-8 (its undecodable bytes are lone surrogates in Python, PEP 383) is
+# written as its own bytes and read back to the same str, so such files are indexed, split and trained on.
+ENCODING_ERRORS = "surrogateescape"
+
 # The shared data sets call the path column `file`.
 _PATH_ALIASES = ("file",)
 
 
 def read_columns(csv_path: str | Path) -> list[str]:
     """The column names of a manifest, with `file` renamed to `path` when there is no `path`."""
-    with open(csv_path, newline="", encoding="utf-8") as handle:
+    with open(csv_path, newline="", encoding="utf-8", errors=ENCODING_ERRORS) as handle:
         header = next(csv.reader(handle), None)
     if not header:
         raise ValueError(f"{csv_path}: empty CSV file (no header row)")
@@ -42,7 +46,7 @@ def read_rows(csv_path: str | Path) -> Iterator[dict[str, str]]:
     Raises ValueError for a CSV without a `path` (or `file`) column or with a row holding more
     values than there are columns.
     """
-    with open(csv_path, newline="", encoding="utf-8") as handle:
+    with open(csv_path, newline="", encoding="utf-8", errors=ENCODING_ERRORS) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if not header:
@@ -86,6 +90,7 @@ def write_rows(
         "w",
         newline="",
         encoding="utf-8",
+        errors=ENCODING_ERRORS,
         dir=out_dir,
         prefix=f".{out_csv.name}.",
         suffix=".tmp",
