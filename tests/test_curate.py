@@ -191,3 +191,20 @@ def test_a_reject_in_round_1_cannot_slip_between_the_check_and_the_write_of_roun
     assert store.decision(item, 1)["decision"] == "reject"
     assert store.decision(item, 2) is None  # withdrawn from round 2 by the reject, which came last
     store.close()
+
+
+def test_nan_json_oversized_bodies_and_foreign_hosts_get_json_errors(tmp_path: Path) -> None:
+    folder = make_set(tmp_path / "set", count=1)
+    client = TestClient(create_app(folder, allowed_hosts=LOOPBACK_HOSTS), raise_server_exceptions=False,
+                        base_url="http://127.0.0.1:8765")  # fmt: skip
+    json_header = {"Content-Type": "application/json"}
+    nan = client.post("/api/decisions", content='{"item_id": NaN, "round": 1, "decision": "accept"}',
+                      headers=json_header)  # fmt: skip
+    assert nan.status_code == 422 and nan.json()["detail"].startswith("invalid request (")  # was a 500
+    padded = json.dumps({"item_id": 1, "round": 1, "decision": "accept", "reason": "x" * 200_000})
+    assert client.post("/api/decisions", content=padded, headers=json_header).status_code == 413  # was taken
+    chunks = iter([padded[i : i + 4096].encode() for i in range(0, len(padded), 4096)])  # no Content-Length
+    assert client.post("/api/decisions", content=chunks, headers=json_header).status_code == 413
+    foreign = client.get("/api/config", headers={"Host": "attacker.example"})
+    assert foreign.status_code == 400 and "invalid Host header" in foreign.json()["detail"]  # was text/plain
+    assert client.get("/api/next", params={"round": 1}).json()["item"]["id"] == 1  # nothing was decided

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import concurrent.futures
 import io
+import json
 import struct
 import threading
 import time
@@ -536,7 +537,129 @@ def test_cli_binds_to_localhost_checks_the_host_and_limits_connections(run, monk
     result = CliRunner().invoke(cli_app, ["serve", str(run), "--max-waiting", "4"])
     assert result.exit_code == 0, result.output
     assert (captured["host"], captured["port"]) == ("127.0.0.1", 8000)
-    assert captured["limit_concurrency"] == ServeSettings(max_waiting=4).connection_limit() == 19
+    settings = ServeSettings(max_waiting=4)
+    assert settings.request_limit() == 19  # requests in flight (the app's JSON 503 beyond)
+    assert captured["limit_concurrency"] == settings.connection_limit() == 76  # open connections
+    assert captured["http"].header_timeout == 10.0
     with TestClient(captured["app"]) as served:
         assert served.get("/healthz", headers={"host": "localhost:8000"}).status_code == 200
         assert served.get("/healthz", headers={"host": "rebound.example"}).status_code == 400
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15: path disclosure, several file parts, JSON for every error, slow clients
+# ----------------------------------------------------------------------------------------------
+
+
+def test_fingerprint_messages_never_show_the_servers_paths(run, predictor, tmp_path):
+    # The run as given on the command line (absolute here) must not reach clients; its last part may.
+    empty = tmp_path / "secret-place" / "prints"
+    empty.mkdir(parents=True)
+    broken = tmp_path / "secret-place" / "broken"
+    broken.mkdir()
+    (broken / "human.npy").write_bytes(b"not numpy")
+    for fingerprints in (None, empty, broken, run.parent / "fingerprints"):
+        app = create_app(run, predictor=predictor, fingerprints=fingerprints)
+        with TestClient(app) as served:
+            text = served.get("/v1/fingerprints").text + served.get("/v1/fingerprints/nobody.png").text
+        assert str(tmp_path) not in text and str(run.parent) not in text, text
+
+
+def test_several_file_parts_are_refused(client):
+    files = [
+        ("file", ("a.png", png_bytes(seed=1), "image/png")),
+        ("file", ("b.png", png_bytes(seed=2), "image/png")),
+    ]
+    response = client.post("/v1/predict", files=files)  # used to judge b.png only, silently
+    assert response.status_code == 422
+    assert response.json() == {"detail": "2 'file' parts received; send one image per request"}
+
+
+def test_host_check_answers_json(run, predictor):
+    with make_client(run, predictor, allowed_hosts=("127.0.0.1",)) as strict:
+        refused = strict.get("/healthz", headers={"host": "attacker.example"})  # was text/plain
+    assert refused.status_code == 400 and refused.headers["content-type"] == "application/json"
+    assert refused.json() == {"detail": "invalid Host header: this server only answers to 127.0.0.1"}
+
+
+def test_cli_reports_an_unreadable_run_file_clearly(run, monkeypatch):
+    real_read_text = Path.read_text
+
+    def refusing(path, *args, **kwargs):  # root ignores modes, so simulate another user's 0600 file
+        if path.name == "config.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refusing)
+    result = CliRunner().invoke(cli_app, ["serve", str(run)])  # was a PermissionError traceback
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{run / 'config.json'}: permission denied" in said
+
+
+def served_by_the_cli(run, monkeypatch, *options: str):
+    """Start, on a free loopback port, the server `animeprov serve RUN *options` would run."""
+    import socket
+
+    import uvicorn
+
+    captured = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(app=app, **kwargs))
+    result = CliRunner().invoke(cli_app, ["serve", str(run), *options])
+    assert result.exit_code == 0, result.output
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        captured["port"] = probe.getsockname()[1]
+    app = captured.pop("app")
+    server = uvicorn.Server(uvicorn.Config(app, **captured))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    return server, thread, captured["port"]
+
+
+def test_slow_clients_do_not_block_serve_and_are_cut_off(run, monkeypatch):
+    import socket
+
+    server, thread, port = served_by_the_cli(
+        run, monkeypatch, "--max-concurrent", "1", "--max-waiting", "0", "--header-timeout", "0.5"
+    )
+    slow = []
+    try:
+        # More half-sent requests than requests in flight allowed (10): they used to fill uvicorn's
+        # connection limit, and every other client got 503 for as long as they stayed open.
+        for _ in range(ServeSettings(max_concurrent=1, max_waiting=0).request_limit() + 2):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line: never ends
+            slow.append(connection)
+        answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert answer.status_code == 200 and answer.json()["status"] == "ok"
+        for connection in slow:  # the header timeout closes them (recv gives b"" at end of stream)
+            assert connection.recv(100) == b""
+
+        # Requests whose body is still coming are in flight: beyond the limit, a JSON 503 (was text/plain).
+        for _ in range(ServeSettings(max_concurrent=1, max_waiting=0).request_limit()):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+            head = b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 999\r\n"
+            connection.sendall(head + b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+            slow.append(connection)
+        time.sleep(0.3)
+        busy = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert busy.status_code == 503 and busy.headers["content-type"] == "application/json"
+        assert busy.headers["retry-after"] == "1" and "too many requests" in busy.json()["detail"]
+
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as bad:
+            bad.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n")
+            reply = b""
+            while chunk := bad.recv(4096):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
+        assert "invalid HTTP request" in json.loads(body)["detail"]
+    finally:
+        for connection in slow:
+            connection.close()
+        server.should_exit = True
+        thread.join(10)

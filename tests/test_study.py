@@ -556,3 +556,17 @@ def test_one_image_per_group_first_and_unreadable_files_skipped(tmp_path: Path) 
         assert sorted(s["group"] for s in three["stimuli"]) == ["g1", "g1", "g2"]  # the broken g3 skipped
     with pytest.raises(ValueError, match="only 4 image"):
         create_study(csv_path, tmp_path / "five", per_class=5, size=16)
+
+
+def test_nan_and_infinity_in_json_get_a_json_422_not_a_500(study_dir: Path) -> None:
+    client = TestClient(create_app(study_dir, admin_token="t"), raise_server_exceptions=False)
+    json_header = {"Content-Type": "application/json"}
+    for body in ('{"consent": NaN}', '{"consent": true, "familiarity": Infinity}'):
+        response = client.post("/api/participants", content=body, headers=json_header)
+        assert response.status_code == 422 and response.json()["detail"].startswith("invalid request ("), body
+    pid = client.post("/api/participants", json={"consent": True}).json()["participant_id"]
+    sid = load_study(study_dir)["stimuli"][0]["id"]
+    body = f'{{"participant_id": "{pid}", "stimulus_id": "{sid}", "answer": "ai", "confidence": NaN}}'
+    response = client.post("/api/answers", content=body, headers=json_header)
+    assert response.status_code == 422 and "confidence" in response.json()["detail"]
+    assert client.get(f"/api/participants/{pid}").json()["n_answered"] == 0

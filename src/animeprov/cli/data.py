@@ -477,7 +477,7 @@ def curate(
 ) -> None:
     """Two-round manual selection in the browser (keyboard-driven); --export writes the "manual" set."""
     from animeprov.curate.app import create_app, export_curation, open_store
-    from animeprov.web import allowed_hosts_for, is_loopback
+    from animeprov.web import allowed_hosts_for, is_loopback, server_options
 
     if export is not None:
         try:
@@ -512,7 +512,7 @@ def curate(
     console.print(
         f"curation page: http://{host}:{port}/?round=1 (Ctrl+C to stop)", markup=False, soft_wrap=True
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, **server_options(host, port, log_level="warning"))
 
 
 def _warn(message: str) -> None:

@@ -36,13 +36,18 @@ def serve(
         help="Host header value accepted (repeat for more). Default: the loopback names when bound to "
         "loopback, else any.",
     ),
+    header_timeout: float = typer.Option(
+        None,
+        min=0.1,
+        help="Seconds a client has to send a request's headers, else it is cut off [default: 10].",
+    ),
 ) -> None:
     """Serve the model: POST /v1/predict, GET /v1/model, GET /healthz, docs at /docs, the page at /."""
     import uvicorn
 
     from animeprov.evaluation.calibration import StaleCalibrationError
     from animeprov.serve import ServeSettings, create_app
-    from animeprov.web import allowed_hosts_for, is_loopback
+    from animeprov.web import allowed_hosts_for, is_loopback, server_options
 
     if fingerprints is not None and not fingerprints.is_dir():
         raise fail(f"{fingerprints}: no such fingerprint folder")
@@ -63,10 +68,17 @@ def serve(
             allowed_hosts=tuple(allowed_hosts or ()),
         )
         app = create_app(run, settings=settings, fingerprints=fingerprints, device=device)
-    except (ValueError, FileNotFoundError, StaleCalibrationError) as error:
+    except (ValueError, OSError, StaleCalibrationError) as error:  # OSError: e.g. a run file not readable
         raise fail(error) from None
     console.print(f"serving {run} on http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=settings.connection_limit())
+    options = server_options(
+        host,
+        port,
+        header_timeout=header_timeout,
+        max_connections=settings.connection_limit(),
+        log_level="warning",
+    )
+    uvicorn.run(app, **options)
 
 
 def register(app: typer.Typer) -> None:

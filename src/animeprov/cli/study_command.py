@@ -113,7 +113,7 @@ def serve(
     import uvicorn
 
     from animeprov.study.app import create_app
-    from animeprov.web import allowed_hosts_for, is_loopback
+    from animeprov.web import allowed_hosts_for, is_loopback, server_options
 
     token = admin_token or secrets.token_urlsafe(18)
     try:
@@ -130,7 +130,7 @@ def serve(
     if admin_token is None:
         console.print(f"admin token:  {token}")
     # access_log off: uvicorn's access log would write participants' IP addresses to the terminal.
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(app, **server_options(host, port, log_level="info", access_log=False))
 
 
 @study_app.command("simulate")

@@ -30,9 +30,12 @@ from pydantic import BaseModel, Field
 from animeprov.config import IMAGE_EXTENSIONS
 from animeprov.data.manifest import MANIFEST_COLUMNS, read_columns, read_rows, relative_path, write_rows
 from animeprov.io import iter_image_files
+from animeprov.web import protect
 
 MANIFEST_NAME = "manifest.csv"
 DEFAULT_DB_NAME = ".curation.sqlite3"
+# Every request body is one small JSON decision; without a cap a single POST could fill the server's memory.
+MAX_BODY_BYTES = 16 * 1024
 SQLITE_INT_MAX = 2**63 - 1  # a larger id in a request would make sqlite3 raise OverflowError (a 500)
 STATIC_DIR = Path(__file__).parent / "static"
 ACCEPT = "accept"
@@ -328,10 +331,7 @@ def create_app(
     store = open_store(root, rounds, db_path)
     app = FastAPI(title="animeprov curation", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
-    if allowed_hosts is not None:
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    protect(app, max_body_bytes=MAX_BODY_BYTES, allowed_hosts=allowed_hosts)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     no_store = {"Cache-Control": "no-store"}
 

@@ -33,9 +33,7 @@ from urllib.parse import quote
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,7 +42,7 @@ from starlette.concurrency import run_in_threadpool
 import animeprov
 from animeprov.io import ImageError, LoadedImage, LoadRules, load_image, make_views, tile_grid
 from animeprov.predict import Predictor, choose_view
-from animeprov.web import BodyLimitMiddleware
+from animeprov.web import protect
 
 log = logging.getLogger("animeprov.serve")
 
@@ -86,11 +84,16 @@ class ServeSettings:
         if "*" in self.cors_origins:
             raise ValueError("CORS origin '*' is not allowed; list the origins that may call the API")
 
-    def connection_limit(self) -> int:
-        """Connections the HTTP server should accept at once: every prediction slot and queue place (plain
-        and heatmap), plus a few for pages and health checks. Beyond it uvicorn answers 503, so uploads
-        being received (each up to max_upload_bytes) are bounded too."""
+    def request_limit(self) -> int:
+        """Requests in flight at once: every prediction slot and queue place (plain and heatmap), plus a few
+        for pages and health checks. Beyond it: 503, so uploads being received (each up to
+        max_upload_bytes) are bounded too."""
         return (self.max_concurrent + self.max_waiting) + (1 + self.max_waiting) + 8
+
+    def connection_limit(self) -> int:
+        """Open connections the HTTP server accepts (uvicorn's limit; its plain-text 503 beyond): room for
+        idle keep-alive connections and clients still sending headers beside the requests in flight."""
+        return 4 * self.request_limit()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,11 +209,12 @@ class Fingerprints:
         }
 
 
-def how_to_make_fingerprints(run: Path) -> str:
-    return (
-        f"no fingerprints: make them with `animeprov fingerprint DATA --out {run / FINGERPRINTS_DIR}` "
-        "(DATA: labelled images of the run's classes), or point `animeprov serve --fingerprints DIR` at them"
-    )
+# Messages go to clients, so they name folders by their last part only, never the server's paths (the
+# full path and error go to the server's log).
+HOW_TO_MAKE_FINGERPRINTS = (
+    f"make them with `animeprov fingerprint DATA --out RUN/{FINGERPRINTS_DIR}` (DATA: labelled images of the "
+    "run's classes), or point `animeprov serve --fingerprints DIR` at them"
+)
 
 
 def read_fingerprints(folder: Path | None, run: Path) -> Fingerprints:
@@ -219,26 +223,23 @@ def read_fingerprints(folder: Path | None, run: Path) -> Fingerprints:
 
     folder = folder if folder is not None else run / FINGERPRINTS_DIR
     if not folder.is_dir():
-        return Fingerprints({}, None, None, how_to_make_fingerprints(run))
+        return Fingerprints({}, None, None, f"no fingerprints: {HOW_TO_MAKE_FINGERPRINTS}")
     try:
         spectra = load_fingerprints(folder)
     except (OSError, ValueError) as error:
         log.warning("fingerprints in %s not usable: %s", folder, error)
-        return Fingerprints(
-            {},
-            None,
-            folder,
-            f"fingerprints in {folder} not usable ({error}); " + how_to_make_fingerprints(run),
+        reason = (
+            f"fingerprints in folder {folder.name!r} not usable ({type(error).__name__}, see the server log)"
         )
+        return Fingerprints({}, None, folder, f"{reason}; {HOW_TO_MAKE_FINGERPRINTS}")
     if not spectra:
         return Fingerprints(
-            {}, None, folder, f"{folder} holds no fingerprints; " + how_to_make_fingerprints(run)
+            {}, None, folder, f"folder {folder.name!r} holds no fingerprints; {HOW_TO_MAKE_FINGERPRINTS}"
         )
     pictures = {name: _png_bytes(spectrum_image(spectrum)) for name, spectrum in spectra.items()}
     first = next(iter(spectra.values()))
-    return Fingerprints(
-        pictures, tuple(first.shape[:2]), folder, f"{len(pictures)} class fingerprints from {folder}"
-    )
+    message = f"{len(pictures)} class fingerprints from folder {folder.name!r}"
+    return Fingerprints(pictures, tuple(first.shape[:2]), folder, message)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,18 +336,14 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, what="upload")
-    if settings.allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem.get('loc', ()))}: {problem.get('msg', 'invalid')}"
-            for problem in error.errors()
-        )
-        message = f"invalid request ({problems}); send one image as the multipart form field 'file'"
-        return JSONResponse({"detail": message}, status_code=422)
+    protect(
+        app,
+        max_body_bytes=settings.max_upload_bytes,
+        what="upload",
+        allowed_hosts=settings.allowed_hosts,
+        max_requests=settings.request_limit(),
+        hint="; send one image as the multipart form field 'file'",
+    )
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
@@ -406,6 +403,7 @@ def create_app(
 
     @app.post("/v1/predict", response_model=PredictionOut, responses=_ERRORS, tags=["model"])
     async def predict(
+        request: Request,
         file: UploadFile = File(..., description="one image (PNG, JPEG, WebP, BMP, TIFF, GIF); sniffed"),
         view: Literal["auto", "crop", "tiles", "pad", "resize"] = Query(
             "auto", description="auto: one crop, or tiles when larger; pad/resize for smaller images"
@@ -414,6 +412,9 @@ def create_app(
         spectrum: bool = Query(False, description="add the image's DCT spectrum and its class fingerprint"),
     ) -> dict[str, Any]:
         """Verdict, per-class probabilities and metadata evidence for one uploaded image."""
+        parts = len((await request.form()).getlist("file"))  # the form FastAPI has already parsed
+        if parts > 1:  # judging only one of them (FastAPI keeps the last) would be a silent choice
+            raise HTTPException(422, f"{parts} 'file' parts received; send one image per request")
         data = await file.read()
         chosen = heatmap_gate if heatmap else gate
         return await chosen.run(predict_upload, data, display_name(file.filename), view, heatmap, spectrum)

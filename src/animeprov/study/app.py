@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Header, HTTPException
-from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -40,7 +39,7 @@ from animeprov.study.store import (
     UnknownStimulusError,
     open_store,
 )
-from animeprov.web import BodyLimitMiddleware
+from animeprov.web import protect
 
 STATIC_FILES = {
     "study.js": "text/javascript",
@@ -88,9 +87,7 @@ def create_app(
     app = FastAPI(title="animeprov study", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.study = study
-    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
-    if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    protect(app, max_body_bytes=MAX_BODY_BYTES, allowed_hosts=allowed_hosts)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
