@@ -12,7 +12,8 @@ Everything that reads an image (dataset index, training data, prediction, HTTP u
    is composited on `LoadRules.alpha_background`.
 
 Every refusal is an `ImageError` naming the file and the reason; every silent-looking change
-(frame choice, orientation, bit depth, alpha) is written into `LoadedImage.notes`.
+(frame choice, orientation, bit depth, alpha, a PNG text chunk over PIL's 1 MB limit skipped) is written
+into `LoadedImage.notes`.
 Nothing here resizes, except `make_views(..., mode="resize")`, which must be asked for.
 """
 
