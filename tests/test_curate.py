@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -208,3 +209,15 @@ def test_nan_json_oversized_bodies_and_foreign_hosts_get_json_errors(tmp_path: P
     foreign = client.get("/api/config", headers={"Host": "attacker.example"})
     assert foreign.status_code == 400 and "invalid Host header" in foreign.json()["detail"]  # was text/plain
     assert client.get("/api/next", params={"round": 1}).json()["item"]["id"] == 1  # nothing was decided
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs need POSIX")
+def test_links_and_fifos_in_a_folder_are_left_out_with_a_warning(tmp_path: Path) -> None:
+    folder = make_set(tmp_path / "set", count=2, manifest=False)
+    os.symlink("loop-b.png", folder / "gen" / "loop-a.png")  # the walk used to raise on this loop
+    os.symlink("loop-a.png", folder / "gen" / "loop-b.png")
+    os.mkfifo(folder / "gen" / "pipe.png")
+    with pytest.warns(UserWarning, match="left out of the curation set") as caught:
+        store = open_store(folder, rounds=1)
+    assert [item.path for item in store.all_items()] == ["gen/00.png", "gen/01.png"]
+    assert len(caught) == 3

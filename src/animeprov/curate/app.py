@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -101,6 +102,9 @@ def load_curation_rows(folder: Path) -> tuple[list[dict[str, str]], list[str]]:
         return rows, columns
     rows = []
     for file in iter_image_files([folder]):
+        if not file.is_file():  # a dangling or looping symlink, a FIFO: nothing a reviewer could look at
+            warnings.warn(f"{file}: not a readable regular file; left out of the curation set", stacklevel=2)
+            continue
         path = relative_path(file, folder)
         parts = path.split("/")
         rows.append({"path": path, "class": parts[0] if len(parts) > 1 else ""})
