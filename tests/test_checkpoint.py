@@ -43,3 +43,24 @@ def test_run_files_are_synced_before_and_after_the_rename(tmp_path: Path, monkey
         kinds = [kind for kind, _ in events]
         assert kinds == ["fsync", "replace", "fsync"], events  # the new file, the rename, the folder
         assert events[0][1].endswith(".tmp") and events[2][1] == str(tmp_path)
+
+
+def test_unreadable_weights_say_permission_denied_not_missing(tmp_path: Path, monkeypatch) -> None:
+    ckpt.save_weights(torch.nn.Linear(2, 2), tmp_path / ckpt.BEST_WEIGHTS)
+
+    def refuse(file, *args, **kwargs):  # root ignores modes, so simulate another user's 0600 file
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr("animeprov.checkpoint.open", refuse, raising=False)
+    # safetensors alone reports any failure to open as "No such file or directory".
+    with pytest.raises(PermissionError) as caught:
+        ckpt._read_tensors(tmp_path / ckpt.BEST_WEIGHTS)
+    assert caught.value.filename == str(tmp_path / ckpt.BEST_WEIGHTS)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
+def test_really_unreadable_weights_say_permission_denied(tmp_path: Path) -> None:
+    ckpt.save_weights(torch.nn.Linear(2, 2), tmp_path / ckpt.BEST_WEIGHTS)
+    (tmp_path / ckpt.BEST_WEIGHTS).chmod(0)
+    with pytest.raises(PermissionError):
+        ckpt._read_tensors(tmp_path / ckpt.BEST_WEIGHTS)

@@ -85,6 +85,8 @@ def _fsync(path: Path) -> None:
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    with open(path, "rb"):  # safetensors reports any failure to open as "No such file"; this says why
+        pass
     with safe_open(str(path), framework="pt") as handle:
         return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
 
