@@ -137,3 +137,41 @@ def test_cli_train_then_evaluate_writes_the_reports(tiny_split, tmp_path):
     assert report["detection"]["n_human"] == 2 and report["variant"] == "cnn-dct"
     assert (out / "report.md").read_text().startswith("# cnn-dct on test")
     assert (out / "confusion.png").stat().st_size > 1000
+
+
+def test_resume_refuses_other_data_or_settings_unless_allowed(tiny_split, tmp_path):
+    run = tmp_path / "run"
+    train(_config(tiny_split, epochs=1), run)
+    other = tiny_split.with_name("split2.csv")
+    other.write_text(tiny_split.read_text().replace("train", "val", 1))  # one row moved: other data
+    with pytest.raises(ValueError, match="data_sha256 was .*--allow-changes"):
+        train(_config(other, epochs=2), run, resume=True)
+    with pytest.raises(ValueError, match="lr was 0.001, now 0.01"):
+        train(_config(tiny_split, epochs=1, lr=1e-2), run, resume=True)
+    train(_config(tiny_split, epochs=1, workers=0, device="cpu"), run, resume=True)  # runtime only: fine
+    train(_config(other, epochs=2), run, resume=True, allow_changes=True)
+    config = ckpt.read_config(run)
+    assert config["epochs"] == 2 and config["data"] == str(other)
+    (record,) = config["resumed_with_changes"]
+    assert record["after_epoch"] == 1 and set(record["changed"]) == {"epochs", "data_sha256"}
+
+
+def test_patch_recipe_trains_with_source_sampling_binary_loss_and_tiles(tiny_split, tmp_path):
+    import csv
+
+    rows = list(csv.DictReader(open(tiny_split)))
+    for i, row in enumerate(rows):
+        row["source"] = f"{row['class']}-{i % 2}"
+    with open(tiny_split, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    config = _config(
+        tiny_split, variant="pooled-npr", size=16, view="random", views_per_image=3, skip_flat=True,
+        eval_view="tiles", sampling="source", binary_weight=1.0, epochs=2,
+    )  # fmt: skip
+    summary = train(config, tmp_path / "run")
+    saved = ckpt.read_config(tmp_path / "run")
+    assert saved["view"] == "random" and saved["sampling"] == "source" and saved["binary_weight"] == 1.0
+    assert summary["epochs_done"] == 2 and "calibrated" in summary["calibration"]
+    assert (tmp_path / "run" / "familiarity.safetensors").exists()

@@ -16,6 +16,10 @@ DEFAULT_ALPHA_BACKGROUND = (255, 255, 255)
 # File extensions that batch commands pick up when walking folders.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".apng")
 
+# Classes a model may be trained on that name no generator (decoder-trace twins of human images, see
+# animeprov.pairs): an "ai" verdict whose best class is one of them reports the generator as "unknown".
+AUXILIARY_CLASSES = ("decoder-trace",)
+
 # The class meaning "drawn by a person"; detection is P(generated) = 1 - P(HUMAN_CLASS).
 DEFAULT_HUMAN_CLASS = "human"
 
@@ -31,8 +35,8 @@ class VariantSpec:
     """One of the paper's six models: a backbone, an input stem and whether CBAM masks the stem output."""
 
     name: str
-    backbone: str  # "cnn" | "xception"
-    stem: str  # "pixel" | "dct"
+    backbone: str  # "cnn" | "pooled-cnn" | "xception"
+    stem: str  # "pixel" | "dct" | "npr" | "highpass" | "npr-dct" | "highpass-dct" (transforms/stem.py)
     attention: bool  # CBAM on the stem output (the paper's "Mask")
 
 
@@ -45,8 +49,16 @@ VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("xception-pixel", "xception", "pixel", False),
         VariantSpec("xception-dct", "xception", "dct", False),
         VariantSpec("xception-dct-mask", "xception", "dct", True),
+        # Beyond the paper: inputs that keep generator traces and drop content (issue: generalisation to
+        # sources never seen; docs/results/generalisation.md compares them under leave-one-source-out).
+        VariantSpec("pooled-pixel", "pooled-cnn", "pixel", False),
+        VariantSpec("pooled-npr", "pooled-cnn", "npr", False),
+        VariantSpec("pooled-highpass", "pooled-cnn", "highpass", False),
+        VariantSpec("cnn-npr-dct", "cnn", "npr-dct", False),
     )
 }
+
+PAPER_VARIANTS = tuple(VARIANTS)[:6]
 
 
 def get_variant(name: str) -> VariantSpec:

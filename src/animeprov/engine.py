@@ -101,6 +101,39 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.
     return images, batch.labels.to(device, non_blocking=True)
 
 
+class ClassAndDetectionLoss(nn.Module):
+    """Cross-entropy over the classes, plus `binary_weight` x the negative log-likelihood of the detection
+    question alone: P(generated) = 1 - P(human) from the same softmax, true for every non-human label.
+
+    The binary term rewards putting mass on ANY generator class for a generated image, so a model can learn
+    what generators share (a decoder's trace) even where telling them apart is hard.
+    """
+
+    def __init__(
+        self, human_index: int | None, binary_weight: float = 0.0, class_weights: torch.Tensor | None = None
+    ) -> None:
+        super().__init__()
+        if binary_weight < 0:
+            raise ValueError(f"binary_weight must be >= 0, got {binary_weight}")
+        if binary_weight > 0 and human_index is None:
+            raise ValueError("a detection loss needs a human class")
+        self.cross_entropy = nn.CrossEntropyLoss(weight=class_weights)
+        self.human_index = human_index
+        self.binary_weight = binary_weight
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = self.cross_entropy(logits, labels)
+        if self.binary_weight == 0:
+            return loss
+        log_probs = torch.log_softmax(logits, dim=1)
+        log_human = log_probs[:, self.human_index]
+        others = torch.cat([log_probs[:, : self.human_index], log_probs[:, self.human_index + 1 :]], dim=1)
+        log_generated = torch.logsumexp(others, dim=1)
+        is_human = labels == self.human_index
+        binary = -torch.where(is_human, log_human, log_generated).mean()
+        return loss + self.binary_weight * binary
+
+
 @dataclass
 class EpochResult:
     loss: float
@@ -173,6 +206,24 @@ class Predictions:
 
     def accuracy(self) -> float:
         return float((self.probs.argmax(1) == self.labels).mean()) if len(self.labels) else float("nan")
+
+    def pool_by_row(self) -> Predictions:
+        """One prediction per dataset row from several views of it (tiles, patches): the softmax of the mean
+        log-probability, as `predict` combines tiles. Rows keep their first-seen order; errors are kept once."""
+        if len(np.unique(self.indices)) == len(self.indices):
+            return self
+        rows, first, inverse = np.unique(self.indices, return_index=True, return_inverse=True)
+        order = np.argsort(first)
+        log_probs = np.log(np.clip(self.probs.astype(np.float64), 1e-12, None))
+        sums = np.zeros((len(rows), self.probs.shape[1]))
+        np.add.at(sums, inverse, log_probs)
+        means = sums / np.bincount(inverse)[:, None]
+        pooled = np.exp(means - means.max(axis=1, keepdims=True))
+        pooled /= pooled.sum(axis=1, keepdims=True)
+        errors = list(dict.fromkeys(map(tuple, self.errors)))
+        return Predictions(
+            pooled[order].astype(np.float32), self.labels[first][order], rows[order], errors, self.seconds
+        )
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import io
 import os
 import stat
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from animeprov.evaluation.calibration import (
     load_calibration,
     verdicts,
 )
+from animeprov.evaluation.familiarity import Familiarity, load_familiarity
 from animeprov.evidence import evidence_summary, read_evidence
 from animeprov.io import (
     VIEW_MODES,
@@ -69,6 +70,8 @@ class ImagePrediction:
     notes: list[str]  # loading notes (EXIF rotation applied, alpha composited, first frame only, ...)
     error: str | None = None  # "path: reason" for an unreadable file; the other fields are then empty/zero
     heatmap: np.ndarray | None = None  # (H, W) float32 in [0, 1] aligned with the image as loaded
+    reason: str | None = None  # why the verdict is "unsure" (thresholds, unfamiliar image, unstable verdict)
+    checks: dict = field(default_factory=dict)  # familiarity distance, verdicts under mild re-encodings
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, without the heatmap array."""
@@ -192,6 +195,8 @@ class Prepared:
     shape: tuple[int, int] = (0, 0)  # (height, width) of the image as loaded
     pixels: np.ndarray | None = None  # kept only for heatmaps
     error: str | None = None
+    # (name, number of views) in `views` order: "image" first, then each stability check's re-encoded copy
+    groups: list[tuple[str, int]] = field(default_factory=list)
 
 
 def prepare(
@@ -203,15 +208,25 @@ def prepare(
     name: str | None = None,
     keep_pixels: bool = False,
     raw: bytes | None = None,
+    checks: Sequence[str] = (),
 ) -> Prepared:
-    """Load, read evidence, cut views. Raises ImageError for a bad image."""
+    """Load, read evidence, cut views (and the views of each of `checks`' re-encoded copies, see
+    `stability_variant`). Raises ImageError for a bad image."""
     loaded, raw = load_item(item, rules, name=name, raw=raw)
     height, width = loaded.height, loaded.width
     chosen = choose_view(height, width, size, view)
-    views = np.stack(make_views(loaded.pixels, size, chosen, path=loaded.path))
+    views = make_views(loaded.pixels, size, chosen, path=loaded.path)
+    groups = [("image", len(views))]
+    for check in checks:
+        variant = stability_variant(loaded.pixels, check, size)
+        if variant is not None:
+            extra = make_views(variant, size, choose_view(*variant.shape[:2], size, view), path=loaded.path)
+            views += extra
+            groups.append((check, len(extra)))
     return Prepared(
         source=loaded.path,
-        views=views,
+        views=np.stack(views),
+        groups=groups,
         view=chosen,
         notes=list(loaded.notes),
         evidence=evidence_summary(read_evidence(loaded, raw)),
@@ -219,6 +234,27 @@ def prepare(
         shape=(height, width),
         pixels=loaded.pixels if keep_pixels else None,
     )
+
+
+# Mild changes a verdict should survive (users report detectors whose verdict flips from 0.4 to 0.9 after a
+# resize): re-encoding at high quality and a few-pixel shift of the view grid.
+STABILITY_CHECKS = ("jpeg:90", "webp:90", "shift:4")
+
+
+def stability_variant(pixels: np.ndarray, check: str, size: int) -> np.ndarray | None:
+    """The image as `check` changes it ("jpeg:Q", "webp:Q" re-encode; "shift:N" drops N rows and columns at
+    the top left, so every view moves by N px); None when the image is too small to shift."""
+    kind, _, value = check.partition(":")
+    if kind == "shift":
+        offset = int(value)
+        if min(pixels.shape[:2]) - offset < size:
+            return None
+        return pixels[offset:, offset:]
+    if kind in ("jpeg", "webp"):
+        from animeprov.perturb import perturb
+
+        return perturb(pixels, check)
+    raise ValueError(f"unknown stability check {check!r}; expected jpeg:Q, webp:Q or shift:N")
 
 
 def _source_name(item: Item) -> str:
@@ -233,10 +269,10 @@ def _source_name(item: Item) -> str:
     return os.fspath(item)
 
 
-def prepare_or_error(item: Item, size: int, view: str, rules: LoadRules) -> Prepared:
+def prepare_or_error(item: Item, size: int, view: str, rules: LoadRules, checks: Sequence[str] = ()) -> Prepared:
     """`prepare`, with any failure turned into `Prepared.error`: one bad file never stops a stream."""
     try:
-        return prepare(item, size, view, rules)
+        return prepare(item, size, view, rules, checks=checks)
     except ImageError as error:
         return Prepared(source=error.path, views=None, error=str(error))
     except Exception as error:  # e.g. MemoryError on a huge image: reported for this file, the rest goes on
@@ -249,22 +285,24 @@ class _PrepareDataset(torch.utils.data.Dataset):
     item iterable, so the main process pulls items one by one, workers decode them, and results come back
     in order with at most prefetch_factor x workers items in flight."""
 
-    def __init__(self, size: int, view: str, rules: LoadRules) -> None:
-        self.size, self.view, self.rules = size, view, rules
+    def __init__(self, size: int, view: str, rules: LoadRules, checks: Sequence[str]) -> None:
+        self.size, self.view, self.rules, self.checks = size, view, rules, checks
 
     def __getitem__(self, item: Item) -> Prepared:
-        return prepare_or_error(item, self.size, self.view, self.rules)
+        return prepare_or_error(item, self.size, self.view, self.rules, self.checks)
 
 
 def _no_collate(prepared: Prepared) -> Prepared:
     return prepared
 
 
-def _prepared_stream(items: Iterable[Item], size: int, view: str, rules: LoadRules, workers: int):
+def _prepared_stream(
+    items: Iterable[Item], size: int, view: str, rules: LoadRules, workers: int, checks: Sequence[str]
+):
     if workers == 0:
-        return (prepare_or_error(item, size, view, rules) for item in items)
+        return (prepare_or_error(item, size, view, rules, checks) for item in items)
     loader = torch.utils.data.DataLoader(
-        _PrepareDataset(size, view, rules),
+        _PrepareDataset(size, view, rules, checks),
         sampler=items,
         batch_size=None,
         num_workers=workers,
@@ -296,7 +334,12 @@ class Predictor:
         precision: str = "auto",
         weights_sha256: str | None = None,
         run: str | None = None,
+        familiarity: Familiarity | None = None,
+        checks: Sequence[str] = STABILITY_CHECKS,
     ) -> None:
+        """`familiarity` and `checks` (see STABILITY_CHECKS) make a verdict "unsure" for an image unlike the
+        training data or whose verdict changes under those mild re-encodings; both need a calibration, and
+        each check costs one more pass of the model over the image (checks=() for speed)."""
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if human_class not in classes:
@@ -312,6 +355,10 @@ class Predictor:
         self.precision = precision
         self.weights_sha256 = weights_sha256
         self.run = run
+        self.familiarity = familiarity if calibration is not None else None
+        self.checks = tuple(checks) if calibration is not None else ()
+        for check in self.checks:
+            stability_variant(np.zeros((size + 8, size + 8, 3), np.uint8), check, size)  # fails fast on a typo
 
     @classmethod
     def from_checkpoint(
@@ -323,6 +370,7 @@ class Predictor:
         thresholds: dict[str, float] | None = None,
         load_rules: LoadRules = LoadRules(),
         precision: str = "auto",
+        checks: Sequence[str] = STABILITY_CHECKS,
     ) -> Predictor:
         """Load a run folder. `thresholds` ({"ai", "artist", "unknown"}: P(generated) / generator-score
         cut-offs) override calibration.json's. A run without calibration.json gives verdict None, unless
@@ -355,6 +403,8 @@ class Predictor:
             precision=precision,
             weights_sha256=sha256_file(run / weights),
             run=str(run),
+            familiarity=load_familiarity(run, weights),
+            checks=checks,
         )
 
     def info(self) -> dict[str, Any]:
@@ -383,25 +433,42 @@ class Predictor:
 
     # --- model ---------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def log_probs(self, views: np.ndarray) -> np.ndarray:
         """Views (B, size, size, 3) uint8 -> (B, classes) float64 log-softmax of the logits."""
+        return self._forward(views)[0]
+
+    @torch.no_grad()
+    def _forward(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(log-probabilities, features for the familiarity check or None when there is none)."""
         pixels = torch.from_numpy(np.ascontiguousarray(views)).to(self.device, non_blocking=True)
         # (B, H, W, 3) permuted is already a channels_last (B, 3, H, W) tensor: no copy for the layout.
         images = pixels.permute(0, 3, 1, 2).float().div_(255.0)
         with autocast(self.device, self.precision):
-            logits = self.model(images)
-        return log_softmax(logits.float().cpu().numpy().astype(np.float64), axis=1)
+            features = self.model.embed(images)
+            logits = self.model.backbone.head[-1](features)
+        log_probs = log_softmax(logits.float().cpu().numpy().astype(np.float64), axis=1)
+        return log_probs, None if self.familiarity is None else features.float().cpu().numpy()
 
-    def _result(self, prepared: Prepared, log_probs: np.ndarray) -> ImagePrediction:
-        raw = aggregate_log_probs(log_probs)[None, :]
+    def _batched_forward(self, views: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        parts = [self._forward(views[i : i + batch_size]) for i in range(0, len(views), batch_size)]
+        features = None if self.familiarity is None else np.concatenate([f for _, f in parts])
+        return np.concatenate([p for p, _ in parts]), features
+
+    def _result(self, prepared: Prepared, log_probs: np.ndarray, features: np.ndarray | None) -> ImagePrediction:
+        n_image = prepared.groups[0][1] if prepared.groups else len(log_probs)
+        raw = aggregate_log_probs(log_probs[:n_image])[None, :]
         human = self.classes.index(self.human_class)
+        reason, checks = None, {}
         if self.calibration is None:
             probs, verdict, generator = raw[0], None, None
         else:
             probs = apply_temperature(raw, self.calibration.temperature)[0]
             judged = verdicts(raw, self.calibration)[0]
             verdict, generator = judged["verdict"], judged["generator"]
+            checks = self._checks(prepared, log_probs, features, n_image)
+            reason = abstention_reason(judged, checks, self.calibration)
+            if reason is not None:
+                verdict, generator = "unsure", None
         probabilities = {name: float(p) for name, p in zip(self.classes, probs, strict=True)}
         return ImagePrediction(
             source=prepared.source,
@@ -410,10 +477,28 @@ class Predictor:
             verdict=verdict,
             generator=generator,
             view=prepared.view,
-            n_views=len(log_probs),
+            n_views=n_image,
             evidence=prepared.evidence,
             notes=prepared.notes,
+            reason=reason,
+            checks=checks,
         )
+
+    def _checks(
+        self, prepared: Prepared, log_probs: np.ndarray, features: np.ndarray | None, n_image: int
+    ) -> dict[str, Any]:
+        """The familiarity distance and the verdict of each re-encoded copy."""
+        checks: dict[str, Any] = {}
+        if self.familiarity is not None and features is not None:
+            distance = float(self.familiarity.scores(features[:n_image].mean(axis=0, keepdims=True))[0])
+            checks["familiarity"] = {"distance": round(distance, 6), "threshold": self.familiarity.threshold}
+        start = n_image
+        for name, count in prepared.groups[1:]:
+            judged = verdicts(aggregate_log_probs(log_probs[start : start + count])[None, :], self.calibration)[0]
+            # rounded: a diagnostic, and batches of other sizes differ in the last float digits
+            checks[name] = {"verdict": judged["verdict"], "p_generated": round(judged["p_generated"], 6)}
+            start += count
+        return checks
 
     # --- public --------------------------------------------------------------------------------
 
@@ -431,8 +516,10 @@ class Predictor:
         readers. `heatmap=True` adds where the model looked for its top class (see `animeprov.heatmap`),
         stitched back onto the image for tiles."""
         choose_view(0, 0, self.size, view)  # validates the name before any work
-        prepared = prepare(item, self.size, view, self.load_rules, name=name, keep_pixels=heatmap, raw=raw)
-        result = self._result(prepared, self._batched_log_probs(prepared.views))
+        prepared = prepare(
+            item, self.size, view, self.load_rules, name=name, keep_pixels=heatmap, raw=raw, checks=self.checks
+        )
+        result = self._result(prepared, *self._batched_forward(prepared.views))
         if heatmap:
             result.heatmap = self._heatmap(prepared, result)
         return result
@@ -454,15 +541,17 @@ class Predictor:
         choose_view(0, 0, self.size, view)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        stream = _prepared_stream(items, self.size, view, self.load_rules, workers)
+        stream = _prepared_stream(items, self.size, view, self.load_rules, workers, self.checks)
         waiting: deque[_Pending] = deque()  # in input order
         views: list[tuple[_Pending, np.ndarray]] = []  # views not yet through the model, with their image
 
         def run_batch(count: int) -> None:
             batch, views[:] = views[:count], views[count:]
-            log_probs = self.log_probs(np.stack([view for _, view in batch]))
-            for (owner, _), row in zip(batch, log_probs, strict=True):
-                owner.rows.append(row)
+            log_probs, features = self._forward(np.stack([view for _, view in batch]))
+            for i, (owner, _) in enumerate(batch):
+                owner.rows.append(log_probs[i])
+                if features is not None:
+                    owner.features.append(features[i])
 
         def finished() -> Iterator[ImagePrediction]:
             while waiting and len(waiting[0].rows) == waiting[0].n_views:
@@ -471,7 +560,8 @@ class Predictor:
                 if prepared.error is not None:
                     yield ImagePrediction.failed(prepared.source, prepared.error)
                 else:
-                    yield self._result(prepared, np.stack(pending.rows))
+                    features = np.stack(pending.features) if pending.features else None
+                    yield self._result(prepared, np.stack(pending.rows), features)
 
         for prepared in stream:
             n_views = 0 if prepared.views is None else len(prepared.views)
@@ -496,7 +586,8 @@ class Predictor:
         from animeprov.heatmap import class_heatmap
 
         top = max(result.probabilities, key=result.probabilities.get)
-        images = torch.from_numpy(prepared.views).permute(0, 3, 1, 2).float().div(255.0)
+        image_views = prepared.views[: prepared.groups[0][1]] if prepared.groups else prepared.views
+        images = torch.from_numpy(image_views).permute(0, 3, 1, 2).float().div(255.0)
         maps = class_heatmap(self.model, images, self.classes.index(top), normalize=False)
         maps = np.asarray(maps, dtype=np.float32)
         if prepared.corners is None:
@@ -516,6 +607,33 @@ class _Pending:
     prepared: Prepared
     n_views: int
     rows: list[np.ndarray] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)
+
+
+def abstention_reason(judged: dict[str, Any], checks: dict[str, Any], calibration: Calibration) -> str | None:
+    """Why the verdict must be "unsure", or None: P(generated) between the two thresholds, an image unlike
+    the training data (familiarity distance above its threshold), or a verdict that a mild re-encoding
+    changes. Several reasons are joined with "; "."""
+    reasons = []
+    if judged["verdict"] == "unsure":
+        reasons.append(
+            f"between the thresholds: P(generated) {judged['p_generated']:.2f} is above the artist threshold "
+            f"{calibration.artist_threshold:.2f} and below the ai threshold {calibration.ai_threshold:.2f}"
+        )
+    familiarity = checks.get("familiarity")
+    if familiarity and familiarity["distance"] > familiarity["threshold"]:
+        reasons.append(
+            f"unfamiliar: unlike the training images (distance {familiarity['distance']:.2f} > "
+            f"{familiarity['threshold']:.2f})"
+        )
+    flips = [
+        f"{name} gives {check['verdict']} (P {check['p_generated']:.2f})"
+        for name, check in checks.items()
+        if name != "familiarity" and check["verdict"] != judged["verdict"]
+    ]
+    if flips and judged["verdict"] != "unsure":
+        reasons.append(f"unstable: {judged['verdict']} (P {judged['p_generated']:.2f}) but " + ", ".join(flips))
+    return "; ".join(reasons) or None
 
 
 def _default_device(requested: str) -> torch.device:

@@ -14,9 +14,10 @@ from torch import nn
 from animeprov import checkpoint as ckpt
 from animeprov import distributed
 from animeprov.config import DEFAULT_HUMAN_CLASS, get_variant
-from animeprov.data.dataset import ImageDataset, class_names_of, read_split_rows
+from animeprov.data.dataset import ImageDataset, class_names_of, read_split_rows, source_balanced_weights
 from animeprov.data.manifest import file_digest
 from animeprov.engine import (
+    ClassAndDetectionLoss,
     EpochResult,
     Predictions,
     keep_freed_memory,
@@ -54,6 +55,21 @@ class TrainConfig:
     human_class: str = DEFAULT_HUMAN_CLASS
     calibrate: bool = True  # fit calibration.json on the val split once training ends
     augment: str = ""  # train split only: random perturbations, e.g. "resize,jpeg,p=0.5" (animeprov.perturb)
+    # --- beyond the paper (docs/results/generalisation.md measures each under leave-one-source-out) ---
+    recipe: str = "paper"  # the named recipe (animeprov.recipe.RECIPES) these values started from
+    view: str = "crop"  # training views: "crop" (one centre crop) | "random" (patches at random offsets)
+    views_per_image: int = 1  # "random": patches per image per epoch
+    skip_flat: bool = False  # "random": avoid patches that are mostly one flat fill (white surrounds)
+    eval_view: str = "crop"  # val, calibration, evaluation: "crop" | "tiles" (every tile, pooled as predict)
+    sampling: str = "uniform"  # "uniform" | "source": each source equally often, human and AI halves equal
+    source_column: str = "source"  # the column that names an image's source, for sampling="source"
+    binary_weight: float = 0.0  # weight of a human-vs-generated loss beside the per-class loss
+    pairs: str = ""  # "" | "taef2": train on human images AND their decoder reconstructions (animeprov.pairs)
+
+
+# Decoded training images kept in memory across views and epochs (in-process loading only: worker
+# processes would each hold a copy): 2 GB holds ~10,000 images of 256 px, ~2,700 of 512 px.
+TRAIN_CACHE_BYTES = 2 * 1024**3
 
 
 class RunExistsError(RuntimeError):
@@ -94,8 +110,13 @@ def _write_metrics(run: Path, rows: list[dict[str, Any]]) -> None:
     ckpt.atomic_write_text(run / ckpt.METRICS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def train(config: TrainConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
+def train(
+    config: TrainConfig, out: str | Path, *, resume: bool = False, allow_changes: bool = False
+) -> dict[str, Any]:
     """Train `config.variant` and return a summary. Writes everything documented in `checkpoint`.
+
+    `resume` continues the run in `out`; it refuses other data (by sha256) or other training settings than
+    the run began with unless `allow_changes`, and then records what changed in config.json.
 
     Under `torchrun` with several processes this trains data-parallel (see `animeprov.distributed`): every
     rank runs this function, rank 0 alone writes the run folder.
@@ -113,7 +134,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False) -> dict
         if distributed.is_main():
             run.mkdir(parents=True, exist_ok=True)
             handler = _setup_log(run)
-        return _train(config, run, resume)
+        return _train(config, run, resume, allow_changes)
     finally:
         if handler is not None:
             log.removeHandler(handler)
@@ -122,11 +143,15 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False) -> dict
             distributed.shutdown()
 
 
-def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
+def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = False) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     device = distributed.rank_device(select_device(config.device))
     train_rows = read_split_rows(config.data, "train")
     val_rows = read_split_rows(config.data, "val")
+    skipped: dict[str, str] = {}
+    pair_keys = None
+    if config.pairs:
+        train_rows, pair_keys = _with_pairs(config, train_rows, skipped)
     classes = class_names_of(train_rows)
     if config.human_class not in classes:
         log.warning(
@@ -139,10 +164,16 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
         train_rows,
         classes,
         config.size,
+        view=config.view,
+        views_per_image=config.views_per_image,
+        skip_flat=config.skip_flat,
         augment=parse_augment(config.augment, min_side=config.size),
         augment_seed=config.seed,
+        pair_keys=pair_keys,
+        cache_bytes=TRAIN_CACHE_BYTES if config.workers == 0 else 0,
     )
-    val_set = ImageDataset(config.data, val_rows, classes, config.size)
+    val_set = ImageDataset(config.data, val_rows, classes, config.size, view=config.eval_view)
+    sampling_weights = _sampling_weights(config, train_set, train_rows, classes)
     counts = train_set.class_counts()
     imbalance = max(counts.values()) / max(min(counts.values()), 1)
     log.info(
@@ -159,14 +190,14 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
     optimizer = _make_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
     weights = _class_weights(counts).to(device) if config.weighted_loss else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    human_index = classes.index(config.human_class) if config.human_class in classes else None
+    loss_fn = ClassAndDetectionLoss(human_index, config.binary_weight, weights)
     # Loss scaling is only needed for float16 on CUDA.
     scaler = torch.amp.GradScaler(
         "cuda", enabled=device.type == "cuda" and config.precision in ("auto", "fp16")
     )
     if device.type == "cpu":
         keep_freed_memory()
-    skipped: dict[str, str] = {}
 
     state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "stale_epochs": 0}
     if resume and (run / ckpt.LAST_STATE).exists():
@@ -175,7 +206,20 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
             wanted = classes if key == "classes" else getattr(config, key)
             if previous[key] != wanted:
                 raise ValueError(f"{run}: cannot resume: {key} was {previous[key]!r}, now {wanted!r}")
+        changes = _resume_changes(previous, config)
+        if changes and not allow_changes:
+            raise ValueError(
+                f"{run}: cannot resume with other settings than the run began with: "
+                + "; ".join(f"{key} was {old!r}, now {new!r}" for key, (old, new) in changes.items())
+                + " (pass --allow-changes to continue anyway; the changes are recorded in config.json)"
+            )
         state = ckpt.load_training_state(run / ckpt.LAST_STATE, model, optimizer, scheduler)
+        if changes and distributed.is_main():
+            log.warning("resuming after epoch %d with changes: %s", state["epoch"], changes)
+            record = {"after_epoch": state["epoch"], "changed": {k: list(v) for k, v in changes.items()}}
+            updated = _run_config(config, classes, counts, model)
+            updated["resumed_with_changes"] = [*previous.get("resumed_with_changes", []), record]
+            ckpt.write_config(run, updated)
         log.info("resuming after epoch %d", state["epoch"])
         if previous.get("world_size", 1) != distributed.world_size():
             log.warning(
@@ -199,6 +243,12 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
                 break
             train_set.set_epoch(epoch)  # new, reproducible augmentations each epoch
             sampler = distributed.train_sampler(train_set, seed=config.seed * 100_003, epoch=epoch)
+            if sampling_weights is not None:  # one draw per item, with replacement, seeded per epoch
+                sampler = torch.utils.data.WeightedRandomSampler(
+                    sampling_weights,
+                    len(train_set),
+                    generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch),
+                )
             loader = make_loader(
                 train_set,
                 config.batch_size,
@@ -232,7 +282,7 @@ def _train(config: TrainConfig, run: Path, resume: bool) -> dict[str, Any]:
                 ),
                 device,
                 precision=config.precision,
-            )
+            ).pool_by_row()
             val_loss, val_accuracy, val_errors = _all_ranks_val_metrics(val)
             scheduler.step()
             for path, reason in result.errors + val_errors:
@@ -330,11 +380,67 @@ def _all_ranks_val_metrics(val: Predictions) -> tuple[float, float, list[tuple[s
     return loss_sum / total, correct / total, errors
 
 
+# Settings that may change on resume without changing what is trained: where and how fast it runs.
+_RUNTIME_FIELDS = {"workers", "device", "calibrate"}
+
+
+def _resume_changes(previous: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{field: (as the run began, as now)} for the data's sha256 and every training setting that differs."""
+    now = {**asdict(config), "data_sha256": file_digest(config.data)}
+    return {
+        key: (previous.get(key), value)
+        for key, value in now.items()
+        if key not in _RUNTIME_FIELDS and key != "data" and key in previous and previous[key] != value
+    }
+
+
+def _with_pairs(
+    config: TrainConfig, rows: list[dict], skipped: dict[str, str]
+) -> tuple[list[dict], list[int]]:
+    from animeprov.pairs import add_decoder_pairs
+
+    n_human = sum(row["class"] == config.human_class for row in rows)
+    with progress_bar(transient=True, disable=not distributed.is_main()) as bar:
+        task = bar.add_task(f"{config.pairs} reconstructions", total=n_human, info="")
+        rows, keys, failed = add_decoder_pairs(
+            rows,
+            config.data,
+            human_class=config.human_class,
+            method=config.pairs,
+            source_column=config.source_column,
+            on_image=lambda: bar.update(task, advance=1),
+        )
+    skipped.update(dict(failed))
+    log.info("decoder-trace pairs: %d reconstructions of %d human images", n_human - len(failed), n_human)
+    return rows, keys
+
+
+def _sampling_weights(
+    config: TrainConfig, train_set: ImageDataset, rows: list[dict], classes: list[str]
+) -> torch.Tensor | None:
+    if config.sampling == "uniform":
+        return None
+    if config.sampling != "source":
+        raise ValueError(f"unknown sampling {config.sampling!r}; choose uniform or source")
+    if distributed.world_size() > 1:
+        raise ValueError("sampling='source' is not supported under torchrun yet; use sampling='uniform'")
+    if config.human_class not in classes:
+        raise ValueError(f"sampling='source' needs the human class {config.human_class!r} in the training data")
+    missing = sum(not row.get(config.source_column) for row in rows)
+    if missing:
+        log.warning("%d training rows have no %r: their class stands in as the source", missing, config.source_column)
+    item_rows = train_set.item_rows()
+    sources = [rows[i].get(config.source_column) or rows[i]["class"] for i in item_rows]
+    generated = [rows[i]["class"] != config.human_class for i in item_rows]
+    return source_balanced_weights(sources, generated)
+
+
 def _calibrate(config: TrainConfig, run: Path, classes: list[str]) -> str:
     """Temperature and verdict thresholds on the val split, so a fresh run gives verdicts at once.
 
     A failure here never loses the trained run: it is reported and `animeprov calibrate` can redo it."""
     from animeprov.evaluation.calibration import calibrate_run
+    from animeprov.evaluation.familiarity import fit_run_familiarity
 
     if not config.calibrate:
         return "not calibrated (--no-calibrate)"
@@ -353,7 +459,12 @@ def _calibrate(config: TrainConfig, run: Path, classes: list[str]) -> str:
     except ValueError as error:
         log.warning("calibration failed: %s", error)
         return f"not calibrated: {error}"
-    return f"calibrated on the val split: {run / 'calibration.json'}"
+    try:
+        fit_run_familiarity(run, config.data, weights=ckpt.BEST_WEIGHTS, device=config.device)
+    except ValueError as error:
+        log.warning("familiarity check not fitted: %s", error)
+        return f"calibrated on the val split: {run / 'calibration.json'} (no familiarity check: {error})"
+    return f"calibrated on the val split: {run / 'calibration.json'}, familiarity check fitted"
 
 
 def _fit_stem(

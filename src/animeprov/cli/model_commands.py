@@ -54,6 +54,9 @@ def train(
     human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
     calibrate: bool = typer.Option(True, help="Fit calibration.json (verdict thresholds) on the val split."),
     resume: bool = typer.Option(False, help="Continue the run in --out after its last finished epoch."),
+    allow_changes: bool = typer.Option(
+        False, help="With --resume: continue even if the data or settings differ (recorded in config.json)."
+    ),
     augment: str = typer.Option(
         "",
         help="Random perturbations of training images only, e.g. 'resize,jpeg,webp,blur,noise,crop,p=0.5' "
@@ -85,7 +88,7 @@ def train(
         augment=augment,
     )
     try:
-        summary = run_training(config, out, resume=resume)
+        summary = run_training(config, out, resume=resume, allow_changes=allow_changes)
     except (RunExistsError, ValueError, FileNotFoundError) as error:
         raise fail(error) from None
     if not distributed.is_main():

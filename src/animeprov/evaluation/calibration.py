@@ -56,6 +56,7 @@ from scipy.special import log_softmax
 from scipy.stats import beta
 
 from animeprov.config import (
+    AUXILIARY_CLASSES,
     DEFAULT_HUMAN_CLASS,
     DEFAULT_KNOWN_PASS_RATE,
     DEFAULT_TARGET_FNR,
@@ -368,7 +369,7 @@ def verdicts(probs: np.ndarray, calibration: Calibration) -> list[dict[str, Any]
     for p, score, column in zip(p_generated, generator_score, best, strict=True):
         if p >= calibration.ai_threshold:
             label, generator = "ai", calibration.class_names[column]
-            if score < calibration.unknown_threshold:
+            if score < calibration.unknown_threshold or generator in AUXILIARY_CLASSES:
                 generator = UNKNOWN_GENERATOR
         elif p <= calibration.artist_threshold:
             label, generator = "artist", None

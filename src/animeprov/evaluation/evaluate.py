@@ -30,7 +30,9 @@ def predict_split(
     torch_device = select_device(device)
     model, config = ckpt.load_model(run, weights=weights)
     prepare_model(model, torch_device)
-    dataset = ImageDataset(data, read_split_rows(data, split), config["classes"], config["size"])
+    # Views as the run was validated on: one centre crop, or every tile pooled per image (as `predict` does).
+    view = config.get("eval_view", "crop")
+    dataset = ImageDataset(data, read_split_rows(data, split), config["classes"], config["size"], view=view)
     with progress_bar(transient=True) as bar:
         task = bar.add_task(f"predicting {split or 'all'} with {run.name}", total=len(dataset), info="")
         predictions = predict(
@@ -38,7 +40,7 @@ def predict_split(
             make_loader(dataset, batch_size, workers=workers, device=torch_device),
             torch_device,
             on_batch=lambda n, _info: bar.update(task, advance=n),
-        )
+        ).pool_by_row()
     return predictions, config
 
 

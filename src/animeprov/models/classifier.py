@@ -7,13 +7,13 @@ from torch import nn
 
 from animeprov.config import VariantSpec
 from animeprov.layers.cbam import CBAM
-from animeprov.models.cnn import SmallCNN
+from animeprov.models.cnn import PooledCNN, SmallCNN
 from animeprov.models.xception import Xception
 from animeprov.transforms.stem import create_stem
 
 INPUT_CHANNELS = 3  # the model input is always RGB in [0, 1]
 
-BACKBONES: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "xception": Xception}
+BACKBONES: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "pooled-cnn": PooledCNN, "xception": Xception}
 
 
 class Classifier(nn.Module):
@@ -38,12 +38,16 @@ class Classifier(nn.Module):
         self.backbone = BACKBONES[spec.backbone](INPUT_CHANNELS, num_classes, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.head[-1](self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) features: what the final linear layer sees (the familiarity check measures distances here)."""
         expected = (INPUT_CHANNELS, self.size, self.size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"{self.spec.name} expects input (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
             )
-        return self.backbone(self.attention(self.stem(x)))
+        return self.backbone.head[:-1](self.backbone.features(self.attention(self.stem(x))))
 
     def extra_repr(self) -> str:
         return f"variant={self.spec.name}, num_classes={self.num_classes}, size={self.size}"

@@ -57,3 +57,21 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+POOLED_WIDTHS = (16, 32, 64, 128)
+
+
+class PooledCNN(SmallCNN):
+    """The small CNN, wider, with a global average pool before the linear head.
+
+    For residual stems (NPR, high-pass) a trace is the same wherever it appears in the view, so the head
+    should not know where a feature fired: pooling makes the model translation invariant and lets it judge
+    any patch the same way. (DCT stems keep SmallCNN's flatten: there the position is the frequency.)
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, size: int, widths: Sequence[int] = POOLED_WIDTHS
+    ) -> None:
+        super().__init__(in_channels, num_classes, size, widths)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes))

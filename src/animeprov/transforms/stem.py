@@ -31,8 +31,59 @@ class PixelStem(nn.Module):
         return (x - 0.5).div_(0.5)  # in place on the fresh difference: one full-size allocation, not two
 
 
+def npr_residual(x: torch.Tensor) -> torch.Tensor:
+    """NPR (Tan et al., CVPR 2024): x minus x nearest-downsampled 2x and nearest-upsampled back.
+
+    Each 2x2 block minus its top-left pixel: zero wherever neighbouring pixels agree, so it keeps the
+    local correlation that an upsampling layer (and a latent decoder's 2x steps) leaves between neighbours,
+    and drops most of the content. Odd sides: the last row/column is its own block's top-left (residual 0).
+    """
+    anchors = x[..., ::2, ::2]
+    upsampled = anchors.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+    return x - upsampled[..., : x.shape[-2], : x.shape[-1]]
+
+
+def highpass_residual(x: torch.Tensor) -> torch.Tensor:
+    """x minus its 3x3 box mean (replicate padding): a fixed high-pass filter per channel."""
+    channels = x.shape[1]
+    kernel = torch.full((channels, 1, 3, 3), 1.0 / 9.0, dtype=x.dtype, device=x.device)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    return x - torch.nn.functional.conv2d(padded, kernel, groups=channels)
+
+
+RESIDUALS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "npr": npr_residual,
+    "highpass": highpass_residual,
+}
+
+# Residuals of 8-bit images are small (mostly within +-0.1): scaled so the first conv starts on unit-ish
+# inputs, as the pixel stem's [-1, 1].
+RESIDUAL_SCALE = 8.0
+
+
+class ResidualStem(nn.Module):
+    """A fixed residual filter (`RESIDUALS`) of the [0, 1] pixels, times RESIDUAL_SCALE: an input that keeps
+    the traces a generator's decoder leaves between neighbouring pixels and little of the picture."""
+
+    needs_statistics = False
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in RESIDUALS:
+            raise ValueError(f"unknown residual {kind!r}; choose one of {', '.join(RESIDUALS)}")
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return RESIDUALS[self.kind](x).mul_(RESIDUAL_SCALE)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}"
+
+
 class DCTStem(nn.Module):
     """Per-channel 2-D DCT of the whole view, log(|coefficient| + eps), then per-coefficient standardisation.
+
+    With `residual` (a name in RESIDUALS) the DCT is taken of that residual of the view instead of the view.
 
     The DCT runs on the [0, 1] values as given, not on 0..255. Scaling by 255 would only add log(255) to every
     log-coefficient (removed again by the per-coefficient mean) but would push `eps` 255x further below the
@@ -46,8 +97,11 @@ class DCTStem(nn.Module):
 
     needs_statistics = True
 
-    def __init__(self, size: int, channels: int = 3, eps: float = LOG_EPS) -> None:
+    def __init__(self, size: int, channels: int = 3, eps: float = LOG_EPS, residual: str | None = None) -> None:
         super().__init__()
+        if residual is not None and residual not in RESIDUALS:
+            raise ValueError(f"unknown residual {residual!r}; choose one of {', '.join(RESIDUALS)}")
+        self.residual = residual
         self.size = size
         self.channels = channels
         self.eps = eps
@@ -66,6 +120,8 @@ class DCTStem(nn.Module):
         expected = (self.channels, self.size, self.size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"DCTStem expects (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if self.residual is not None:
+            x = RESIDUALS[self.residual](x)
         coefficients = dct2(x, self.dct_backend)
         if coefficients.requires_grad:
             return torch.log(coefficients.abs() + self.eps)
@@ -106,19 +162,27 @@ class DCTStem(nn.Module):
         self.fitted.fill_(True)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, channels={self.channels}, eps={self.eps:g}, fitted={self.is_fitted}"
+        residual = f", residual={self.residual}" if self.residual else ""
+        return f"size={self.size}, channels={self.channels}, eps={self.eps:g}, fitted={self.is_fitted}{residual}"
 
 
-Stem = PixelStem | DCTStem
+Stem = PixelStem | ResidualStem | DCTStem
+
+STEMS = ("pixel", "dct", *RESIDUALS, *(f"{name}-dct" for name in RESIDUALS))
 
 
 def create_stem(kind: str, size: int, channels: int = 3) -> Stem:
-    """The stem named in a VariantSpec: "pixel" or "dct"."""
+    """The stem named in a VariantSpec: "pixel", "dct", a residual ("npr", "highpass") or the DCT of one
+    ("npr-dct", "highpass-dct")."""
     if kind == "pixel":
         return PixelStem()
     if kind == "dct":
         return DCTStem(size, channels)
-    raise ValueError(f"unknown stem {kind!r}; choose pixel or dct")
+    if kind in RESIDUALS:
+        return ResidualStem(kind)
+    if kind.endswith("-dct") and kind.removesuffix("-dct") in RESIDUALS:
+        return DCTStem(size, channels, residual=kind.removesuffix("-dct"))
+    raise ValueError(f"unknown stem {kind!r}; choose one of {', '.join(STEMS)}")
 
 
 @torch.no_grad()

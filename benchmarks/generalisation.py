@@ -1,0 +1,110 @@
+"""The generalisation ablation: training recipes compared under leave-source-out cross-validation.
+
+Each row is one `animeprov crossval` run (a recipe plus overrides) over the same manifests, folds and seeds;
+the script runs the rows it is asked for (resumable: finished folds are kept) and prints one JSON table of
+the pooled figures (mean and sd over seeds) and writes it as Markdown next to the runs.
+
+    .venv/bin/python benchmarks/generalisation.py --work runs/gen --rows all \
+        --manifests runs/data/anime-real-256.csv runs/data/anime-more-256.csv \
+                    runs/data/anime-sd1-postproc-256.csv
+
+(make the manifests with `animeprov data index ../shared/data/<set> --out runs/data/<set>.csv`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from animeprov.crossval import CrossvalConfig, run_crossval
+
+PATCHES = {"size": 64, "view": "random", "views_per_image": 4, "eval_view": "tiles", "epochs": 8, "patience": 8}
+EQUAL_AUGMENT = {"augment": "jpeg,webp,blur,noise,resize,p=0.5", "skip_flat": True}
+BALANCED = {"sampling": "source", "binary_weight": 1.0}
+
+# name -> (recipe, overrides). Later rows add to the best stem of the rows before them.
+ROWS: dict[str, tuple[str, dict]] = {
+    "paper cnn-dct-mask (256 crop)": ("paper", {"epochs": 8}),
+    "paper cnn-dct (256 crop)": ("paper", {"variant": "cnn-dct", "epochs": 8}),
+    "paper cnn-pixel (256 crop)": ("paper", {"variant": "cnn-pixel", "epochs": 8}),
+    "patches cnn-dct-mask": ("paper", {**PATCHES}),
+    "patches pooled-pixel": ("paper", {**PATCHES, "variant": "pooled-pixel"}),
+    "patches pooled-npr": ("paper", {**PATCHES, "variant": "pooled-npr"}),
+    "patches pooled-highpass": ("paper", {**PATCHES, "variant": "pooled-highpass"}),
+    "patches cnn-npr-dct": ("paper", {**PATCHES, "variant": "cnn-npr-dct"}),
+}
+
+
+def add_ladder(stem_variant: str) -> None:
+    """Rows that add one idea at a time to the patch recipe with `stem_variant`."""
+    base = {**PATCHES, "variant": stem_variant}
+    ROWS[f"{stem_variant} + equal augmentation, flat skip"] = ("paper", {**base, **EQUAL_AUGMENT})
+    ROWS[f"{stem_variant} + source sampling, binary loss"] = ("paper", {**base, **EQUAL_AUGMENT, **BALANCED})
+    ROWS[f"{stem_variant} + taef2 decoder pairs"] = ("paper", {**base, **EQUAL_AUGMENT, **BALANCED, "pairs": "taef2"})
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--manifests", nargs="+", required=True)
+    parser.add_argument("--rows", default="all", help="Comma-separated row names or slugs, or 'all'.")
+    parser.add_argument("--ladder", default="pooled-npr", help="Variant the ladder rows build on.")
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--list", action="store_true", help="List the rows and exit.")
+    args = parser.parse_args()
+    add_ladder(args.ladder)
+    if args.list:
+        for name, (recipe, overrides) in ROWS.items():
+            print(f"{slug(name)}: {recipe} {json.dumps(overrides)}")
+        return
+    wanted = list(ROWS) if args.rows == "all" else [r.strip() for r in args.rows.split(",")]
+    by_slug = {slug(name): name for name in ROWS}
+    unknown = [w for w in wanted if w not in ROWS and w not in by_slug]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; see --list")
+    names = [w if w in ROWS else by_slug[w] for w in wanted]  # in the order asked for
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    table = []
+    for name in names:
+        recipe, overrides = ROWS[name]
+        config = CrossvalConfig(
+            manifests=tuple(args.manifests), recipe=recipe, overrides=overrides, folds=args.folds, seeds=seeds
+        )
+        start = time.perf_counter()
+        report = run_crossval(config, args.work / slug(name))
+        table.append({"row": name, "seconds_this_call": round(time.perf_counter() - start, 1),
+                      **{key: report["pooled"][key] for key in report["pooled"]}})  # fmt: skip
+        print(json.dumps(table[-1]), flush=True)
+    write_table(args.work)
+    print(json.dumps(table, indent=1))
+
+
+def write_table(work: Path) -> None:
+    """ablation.md from every row's report.json in `work` (runs of other calls included), in ROWS order."""
+    table = []
+    for name in ROWS:
+        report = work / slug(name) / "report.json"
+        if report.exists():
+            data = json.loads(report.read_text())
+            seeds = ",".join(map(str, data["config"]["seeds"]))
+            table.append({"row": f"{name} (seeds {seeds})", **data["pooled"]})
+    keys = ["roc_auc", "balanced_accuracy", "fpr_at_ai_threshold", "ai_recall_at_ai_threshold", "coverage",
+            "committed_accuracy", "attribution_accuracy"]  # fmt: skip
+
+    def cell(stat: dict) -> str:
+        return "n/a" if stat["mean"] is None else f"{stat['mean']:.3f} ± {stat['sd']:.3f}"
+
+    lines = ["| recipe | " + " | ".join(keys) + " |", "| :--- |" + " ---: |" * len(keys)]
+    lines += [f"| {row['row']} | " + " | ".join(cell(row[k]) for k in keys) + " |" for row in table]
+    (work / "ablation.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
