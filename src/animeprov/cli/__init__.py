@@ -6,6 +6,7 @@ import typer
 
 from animeprov.cli import (
     calibrate_command,
+    enroll_command,
     evidence_command,
     experiment_command,
     export_command,
@@ -13,6 +14,7 @@ from animeprov.cli import (
     model_commands,
     predict_command,
     robustness_command,
+    scan_command,
     serve_command,
     study_command,
 )
@@ -27,6 +29,8 @@ app = typer.Typer(
 model_commands.register(app)  # models, train, evaluate, demo
 calibrate_command.register(app)
 predict_command.register(app)  # predict, predict-merge
+scan_command.register(app)  # scan, report
+enroll_command.register(app)
 serve_command.register(app)
 export_command.register(app)
 evidence_command.register(app)
