@@ -132,6 +132,7 @@ def test_predict_uses_the_grown_head_as_enroll_fitted_it(setup, enrolled):
     share = np.mean([max(p.probabilities, key=p.probabilities.get) == "gen-c" for p in fitted])
     assert share == pytest.approx(result.record["fit_accuracy_new_class"]) and share >= 0.8
     assert all(p.verdict in ("ai", "unsure", "artist") for p in fitted)  # calibrated: verdicts, not None
+    assert predictor.familiarity is not None and len(predictor.familiarity.means) == 4  # refitted, not stale
     calibration = json.loads((result.run / "calibration.json").read_text())
     assert calibration["source"]["enrolled_class"] == "gen-c"
     assert calibration["measured"]["n_images"] == 3 * 4 + 10  # old val split (4 per class) + 10 out-of-fold

@@ -14,8 +14,9 @@ Calibration is then refitted on what there is: the old classes' validation split
 head, plus the new images predicted out-of-fold (each fold's row fitted without it), so the new class
 does not calibrate on images its own row was fitted on.
 
-The new run is a copy of the old one with the grown head, a new calibration.json and an `enrollment.json`
-that records what was enrolled, from which files (sha256) and when. The old run is never written to.
+The new run is a copy of the old one with the grown head, a new calibration.json, the familiarity check
+refitted with the new class (when the old run has one), and an `enrollment.json` that records what was
+enrolled, from which files (sha256) and when. The old run is never written to.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch import nn
 
 from animeprov import checkpoint as ckpt
 from animeprov.config import DEFAULT_HUMAN_CLASS
+from animeprov.evaluation.familiarity import FAMILIARITY_FILE, fit_familiarity, save_familiarity
 from animeprov.io import ImageError, LoadRules, load_image, make_views, sha256_file
 
 MIN_SHOTS, MAX_SHOTS = 5, 100
@@ -75,16 +77,10 @@ def last_linear(model: nn.Module) -> nn.Linear:
 @torch.no_grad()
 def head_features(model: nn.Module, views: np.ndarray, batch_size: int = 64) -> torch.Tensor:
     """(N, size, size, 3) uint8 views -> (N, D) float32 inputs of the head's last linear layer."""
-    head = model.backbone.head
-    before = list(head)[:-1] if isinstance(head, nn.Sequential) else []
     chunks = []
     for start in range(0, len(views), batch_size):
         pixels = torch.from_numpy(np.ascontiguousarray(views[start : start + batch_size]))
-        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-        z = model.backbone.features(model.attention(model.stem(x)))
-        for layer in before:
-            z = layer(z)
-        chunks.append(z.float())
+        chunks.append(model.embed(pixels.permute(0, 3, 1, 2).float().div_(255.0)).float())
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
 
@@ -182,6 +178,14 @@ class HeadFit:
 
 def _predict_probs(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     return torch.softmax(features @ weight.T + bias, dim=1)
+
+
+def _per_image(features: torch.Tensor, owners: np.ndarray) -> np.ndarray:
+    """(images, D) mean feature of each image's views, as the familiarity check pools them."""
+    index = torch.from_numpy(np.asarray(owners, dtype=np.int64))
+    sums = torch.zeros(int(index.max()) + 1, features.shape[1], dtype=torch.float64)
+    sums.index_add_(0, index, features.double())
+    return (sums / torch.bincount(index)[:, None]).numpy()
 
 
 def _image_probs(probs_per_view: torch.Tensor, owners: np.ndarray, n_images: int) -> np.ndarray:
@@ -368,7 +372,7 @@ def enroll(
     missing = sorted(set(classes) - {row["class"] for row in train_rows})
     if missing:
         raise EnrollError(f"{data_csv}: no training rows of the run's classes {missing}")
-    ref_views, ref_labels, _, skipped = reference_views(data_csv, train_rows, classes, size, rules)
+    ref_views, ref_labels, ref_owners, skipped = reference_views(data_csv, train_rows, classes, size, rules)
     val_views, val_labels_v, val_owners, skipped_val = reference_views(
         data_csv, val_rows, classes, size, rules
     )
@@ -429,6 +433,17 @@ def enroll(
         model.backbone.head = grown
     ckpt.save_weights(model, out / ckpt.BEST_WEIGHTS)
     weights_sha256 = sha256_file(out / ckpt.BEST_WEIGHTS)
+    if (run / FAMILIARITY_FILE).is_file() and n_val:
+        # The old run abstains on images unlike its training data: refit that check with the new class in it
+        # (class means from the reference sample and the new images, threshold on the val split).
+        ref_image_labels = np.zeros(int(ref_owners.max()) + 1, dtype=np.int64)
+        ref_image_labels[ref_owners] = ref_labels
+        familiarity = fit_familiarity(
+            np.concatenate([_per_image(ref_features, ref_owners), _per_image(new_features, new_owners)]),
+            np.concatenate([ref_image_labels, np.full(n_new, new_label)]),
+            _per_image(val_features, val_owners),
+        )
+        save_familiarity(out, familiarity, ckpt.BEST_WEIGHTS)
 
     record = {
         "class": name,
