@@ -175,6 +175,11 @@ def test_crossval_runs_end_to_end_and_resumes(tmp_path):
     changed = CrossvalConfig(**{**config.__dict__, "folds": 2})
     with pytest.raises(ValueError, match="other settings"):
         run_crossval(changed, out)
+    only = run_crossval(CrossvalConfig(**{**config.__dict__, "only": ("a2",)}), tmp_path / "only")
+    (fold,) = only["folds"]  # just the fold holding out a2, under its number in the full list
+    assert "a2" in fold["held_out"] and (tmp_path / "only" / f"fold-{fold['fold']:02d}").is_dir()
+    with pytest.raises(ValueError, match="no 'source' value zz"):
+        run_crossval(CrossvalConfig(**{**config.__dict__, "only": ("zz",)}), tmp_path / "zz")
 
 
 def test_validation_sources_never_take_a_class_out_of_training():
@@ -184,3 +189,16 @@ def test_validation_sources_never_take_a_class_out_of_training():
         split = fold_split(_rows(spec), ["h1"], "source", "human", val_by="source", val_share=0.5, seed=seed)
         assert {r["class"] for r in split if r["split"] == "val"} <= {r["class"] for r in split if r["split"] == "train"}
         assert "c1" not in {r["source"] for r in split if r["split"] == "val"}
+
+
+def test_seed_ensemble_averages_each_images_probability():
+    from animeprov.crossval import ensemble_metrics
+
+    def rows(ps):
+        return [{**_prediction("s", cls, p, None), "path": f"{i}"} for i, (cls, p) in enumerate(ps)]
+
+    seed0 = rows([("human", 0.6), ("human", 0.2), ("gen-a", 0.4), ("gen-a", 0.9)])
+    seed1 = rows([("human", 0.2), ("human", 0.3), ("gen-a", 0.8), ("gen-a", 0.7)])
+    metrics = ensemble_metrics({0: seed0, 1: seed1}, "human")
+    # averages: human 0.4, 0.25; generated 0.6, 0.8: separated at 0.5 and in rank
+    assert metrics == {"n": 4, "seeds": 2, "roc_auc": 1.0, "balanced_accuracy": 1.0}

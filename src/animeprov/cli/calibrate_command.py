@@ -38,7 +38,9 @@ def calibrate(
     device: str = typer.Option("auto"),
 ) -> None:
     """Temperature scaling and calibrated verdict thresholds, written to RUN/calibration.json."""
+    from animeprov.checkpoint import BEST_WEIGHTS
     from animeprov.evaluation.calibration import CALIBRATION_FILE, calibrate_run
+    from animeprov.evaluation.familiarity import FAMILIARITY_FILE, fit_run_familiarity
 
     try:
         calibration = calibrate_run(
@@ -55,6 +57,11 @@ def calibrate(
         )
     except (ValueError, FileNotFoundError) as error:
         raise fail(error) from None
+    try:  # the familiarity check needs the training images too: fitted when the CSV has its train split
+        fit_run_familiarity(run, data, weights=BEST_WEIGHTS, device=device, val_split=split)
+        console.print(f"familiarity check fitted on the train split and {split}: {run / FAMILIARITY_FILE}")
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[yellow]no familiarity check[/yellow]: {error}")
     console.print(calibration_table(calibration))
     for note in calibration.measured["notes"]:
         console.print(f"[yellow]note:[/yellow] {note}")

@@ -26,6 +26,9 @@ def crossval(
     ),
     val_share: float = typer.Option(0.15, min=0.01, max=0.5, help="Share of the training images for val."),
     human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
+    only: list[str] = typer.Option(
+        [], help="Run only the fold(s) holding out this value (repeatable), e.g. --by dataset --only my-test-set."
+    ),
     workers: int = typer.Option(0, min=0),
     device: str = typer.Option("auto"),
 ) -> None:
@@ -45,6 +48,7 @@ def crossval(
             val_by=val_by,
             val_share=val_share,
             human_class=human_class,
+            only=tuple(only),
             workers=workers,
             device=device,
         )

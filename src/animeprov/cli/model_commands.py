@@ -17,8 +17,9 @@ def models(
     size: int = typer.Option(256, help="Input size (pixels) for the FLOP count."),
     num_classes: int = typer.Option(5, help="Number of classes (human + generators)."),
 ) -> None:
-    """List the six variants with parameters and FLOPs at a given size."""
+    """List the model variants (parameters, FLOPs at a given size) and the named training recipes."""
     from animeprov.models.registry import model_summary
+    from animeprov.recipe import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
 
     table = Table(title=f"animeprov variants at {size}x{size}, {num_classes} classes")
     for column in ("variant", "backbone", "stem", "CBAM", "parameters", "GFLOPs/image"):
@@ -33,60 +34,73 @@ def models(
             f"{row['gflops']:.3f}",
         )
     Console().print(table)  # tables go to stdout
+    recipes = Table(title=f"training recipes (`train --recipe NAME`; default {DEFAULT_RECIPE})")
+    recipes.add_column("field")
+    for name in RECIPES:
+        recipes.add_column(name + (" (default)" if name == DEFAULT_RECIPE else ""))
+    for field in RECIPE_FIELDS:
+        recipes.add_row(field, *(str(RECIPES[name][field]) for name in RECIPES))
+    Console().print(recipes)
 
 
 def train(
     data: Path = typer.Option(..., "--data", help="Split CSV (from `animeprov data split`)."),
-    variant: str = typer.Option("cnn-dct-mask", help=f"One of: {', '.join(VARIANTS)}."),
-    size: int = typer.Option(256, help="Model input size; images are centre-cropped, never resized."),
-    epochs: int = typer.Option(20, min=1),
-    batch_size: int = typer.Option(32, min=1),
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
-    optimizer: str = typer.Option("adamw", help="adam or adamw."),
-    lr: float = typer.Option(1e-3, min=0.0),
-    weight_decay: float = typer.Option(1e-4, min=0.0),
-    patience: int = typer.Option(5, min=1, help="Early stopping: epochs without better val accuracy."),
+    recipe: str = typer.Option("", help="Named training recipe (`animeprov models` lists them); default: the default."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override any recipe field, e.g. --set view=random --set views_per_image=4."
+    ),
+    variant: str | None = typer.Option(None, help=f"Override the recipe's variant: {', '.join(VARIANTS)}."),
+    size: int | None = typer.Option(None, help="Model input size; images are cropped or tiled, never resized."),
+    epochs: int | None = typer.Option(None, min=1),
+    batch_size: int | None = typer.Option(None, min=1),
+    optimizer: str | None = typer.Option(None, help="adam or adamw."),
+    lr: float | None = typer.Option(None, min=0.0),
+    weight_decay: float | None = typer.Option(None, min=0.0),
+    patience: int | None = typer.Option(None, min=1, help="Early stopping: epochs without better val accuracy."),
+    weighted_loss: bool | None = typer.Option(None, help="Weight the loss by inverse class frequency."),
+    augment: str | None = typer.Option(
+        None,
+        help="Random perturbations of training images only, e.g. 'resize,jpeg,webp,blur,noise,crop,p=0.5' "
+        "or 'all' (see `animeprov robustness --help`).",
+    ),
     seed: int = typer.Option(0),
     workers: int = typer.Option(0, min=0, help="DataLoader worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
     precision: str = typer.Option("auto", help="auto (fp16 AMP on CUDA, fp32 on CPU), fp32, bf16, fp16."),
-    weighted_loss: bool = typer.Option(False, help="Weight the loss by inverse class frequency."),
     human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
     calibrate: bool = typer.Option(True, help="Fit calibration.json (verdict thresholds) on the val split."),
     resume: bool = typer.Option(False, help="Continue the run in --out after its last finished epoch."),
     allow_changes: bool = typer.Option(
         False, help="With --resume: continue even if the data or settings differ (recorded in config.json)."
     ),
-    augment: str = typer.Option(
-        "",
-        help="Random perturbations of training images only, e.g. 'resize,jpeg,webp,blur,noise,crop,p=0.5' "
-        "or 'all' (see `animeprov robustness --help`).",
-    ),
 ) -> None:
-    """Train one variant on the train split; early-stops on the val split."""
+    """Train a model with a recipe on the train split; early-stops on the val split, then calibrates."""
     from animeprov import distributed
-    from animeprov.train import RunExistsError, TrainConfig
+    from animeprov.recipe import DEFAULT_RECIPE, parse_settings, train_config
+    from animeprov.train import RunExistsError
     from animeprov.train import train as run_training
 
-    config = TrainConfig(
-        data=str(data),
-        variant=variant,
-        size=size,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        weight_decay=weight_decay,
-        patience=patience,
-        seed=seed,
-        workers=workers,
-        device=device,
-        precision=precision,
-        weighted_loss=weighted_loss,
-        human_class=human_class,
-        calibrate=calibrate,
-        augment=augment,
-    )
+    flags = {
+        "variant": variant, "size": size, "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer,
+        "lr": lr, "weight_decay": weight_decay, "patience": patience, "weighted_loss": weighted_loss,
+        "augment": augment,
+    }  # fmt: skip
+    try:
+        overrides = {**parse_settings(set_), **{k: v for k, v in flags.items() if v is not None}}
+        config = train_config(
+            recipe or DEFAULT_RECIPE,
+            overrides=overrides,
+            data=str(data),
+            seed=seed,
+            workers=workers,
+            device=device,
+            precision=precision,
+            human_class=human_class,
+            calibrate=calibrate,
+        )
+    except ValueError as error:
+        raise fail(error) from None
     try:
         summary = run_training(config, out, resume=resume, allow_changes=allow_changes)
     except (RunExistsError, ValueError, FileNotFoundError) as error:

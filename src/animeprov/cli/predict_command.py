@@ -102,6 +102,7 @@ def csv_header(classes: list[str]) -> list[str]:
         "verdict",
         "generator",
         "p_generated",
+        "reason",
         *(f"p_{name}" for name in classes),
         "view",
         "n_views",
@@ -142,6 +143,7 @@ def csv_row(prediction, classes: list[str]) -> list[str]:
         prediction.verdict or "",
         prediction.generator or "",
         f"{prediction.p_generated:.6f}" if not prediction.error else "",
+        _one_line(prediction.reason or ""),
         *(f"{probs[name]:.6f}" if name in probs else "" for name in classes),
         prediction.view,
         str(prediction.n_views),
@@ -177,7 +179,8 @@ def table_line(prediction) -> str:
     generator = (prediction.generator or "")[:20]
     views = f"{prediction.n_views}{'t' if prediction.view == 'tiles' else ''}"
     p_generated = f"{prediction.p_generated:.3f}"
-    return f"{verdict:<8} {generator:<20} {p_generated:>6}  {top[:20]:<20} {views:>5}  {prediction.source}"
+    line = f"{verdict:<8} {generator:<20} {p_generated:>6}  {top[:20]:<20} {views:>5}  {prediction.source}"
+    return line + (f"  ({prediction.reason})" if prediction.reason else "")
 
 
 class RowWriter:
@@ -383,12 +386,17 @@ def predict(
     heatmaps: Path | None = typer.Option(
         None, help="Write an overlay PNG of where the model looked for its top class per image (slow)."
     ),
+    stability: bool = typer.Option(
+        True,
+        help="Re-judge each image after JPEG 90, WebP 90 and a 4-px shift; a verdict that changes becomes "
+        "'unsure' (4x the model's work; --no-stability for speed).",
+    ),
 ) -> None:
     """Judge images: class probabilities, P(generated), verdict artist | ai | unsure, metadata evidence."""
     from animeprov.engine import keep_freed_memory
     from animeprov.evaluation.calibration import StaleCalibrationError
     from animeprov.evidence import METADATA_CAVEAT
-    from animeprov.predict import PREDICT_VIEWS, ImagePrediction, Predictor
+    from animeprov.predict import PREDICT_VIEWS, STABILITY_CHECKS, ImagePrediction, Predictor
 
     if fmt not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}")
@@ -406,7 +414,13 @@ def predict(
         raise fail("sharded prediction needs --out (each shard writes OUT.shard-K-of-N)")
     thresholds = {"ai": ai_threshold, "artist": artist_threshold, "unknown": unknown_threshold}
     try:
-        predictor = Predictor.from_checkpoint(run, device=device, thresholds=thresholds, precision=precision)
+        predictor = Predictor.from_checkpoint(
+            run,
+            device=device,
+            thresholds=thresholds,
+            precision=precision,
+            checks=STABILITY_CHECKS if stability else (),
+        )
     except (OSError, ValueError, StaleCalibrationError) as error:  # OSError: e.g. a run file not readable
         raise fail(error) from None
     if predictor.device.type == "cpu":

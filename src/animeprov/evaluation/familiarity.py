@@ -139,10 +139,10 @@ def split_features(run: str | Path, data: str | Path, split: str, *, weights: st
 
 
 def fit_run_familiarity(run: str | Path, data: str | Path, *, weights: str, quantile: float = DEFAULT_QUANTILE,
-                        device: str = "auto") -> Familiarity:  # fmt: skip
-    """Fit on the run's train split and the `val` split of `data`, and save beside the model."""
+                        device: str = "auto", val_split: str = "val") -> Familiarity:  # fmt: skip
+    """Fit on the train split and the `val_split` of `data`, and save beside the model."""
     train_features, train_labels = split_features(run, data, "train", weights=weights, device=device)
-    val_features, _ = split_features(run, data, "val", weights=weights, device=device)
+    val_features, _ = split_features(run, data, val_split, weights=weights, device=device)
     familiarity = fit_familiarity(train_features, train_labels, val_features, quantile=quantile)
     save_familiarity(run, familiarity, weights)
     return familiarity

@@ -66,6 +66,7 @@ function renderVerdict(result) {
   box.append(verdict);
   const views = result.n_views === 1 ? `1 view (${result.view})` : `${result.n_views} views (${result.view})`;
   box.append(el("p", "small", `P(generated) = ${percent(result.p_generated)} · ${views}`));
+  if (result.reason) box.append(el("p", "small reason", `Why unsure: ${result.reason}`));
   return box;
 }
 
