@@ -6,6 +6,7 @@ import typer
 
 from animeprov.cli import (
     calibrate_command,
+    crossval_command,
     enroll_command,
     evidence_command,
     experiment_command,
@@ -36,6 +37,7 @@ export_command.register(app)
 evidence_command.register(app)
 fingerprint_command.register(app)
 experiment_command.register(app)
+crossval_command.register(app)
 robustness_command.register(app)
 app.add_typer(
     data_app,
