@@ -84,6 +84,7 @@ def shots_experiment(
     shots: list[int],
     seeds: int,
     methods: list[str],
+    l2: float = 1e-3,
 ) -> list[dict]:
     from animeprov.enroll import enroll
 
@@ -96,7 +97,7 @@ def shots_experiment(
     results = [
         r for r in done if r["new_class"] == new_class and r["method"] in methods and r["shots"] in shots
     ]
-    results = [r for r in results if r["seed"] < seeds]
+    results = [r for r in results if r["seed"] < seeds and r.get("l2", 1e-3) == l2]
     finished = {(r["method"], r["shots"], r["seed"]) for r in results}
     if len(finished) == len(methods) * len(shots) * seeds:
         return results
@@ -112,12 +113,13 @@ def shots_experiment(
                 out = work / f"enrolled-{new_class}-{method}-{n}-{seed}"
                 shutil.rmtree(out, ignore_errors=True)
                 started = time.perf_counter()
-                result = enroll(base, new_class, chosen, out, data=split_csv, method=method, seed=seed)
+                result = enroll(base, new_class, chosen, out, data=split_csv, method=method, seed=seed, l2=l2)
                 seconds = time.perf_counter() - started
                 after = attribution(out, old_files + new_test, old_labels + [new_class] * len(new_test))
                 row = {
                     "new_class": new_class,
                     "method": method,
+                    "l2": l2,
                     "shots": n,
                     "seed": seed,
                     "new_class_accuracy": after["accuracy"][new_class],
@@ -145,6 +147,9 @@ def _stat(group: list[dict], key: str) -> np.ndarray:
 
 
 def summary(results: list[dict]) -> str:
+    for r in results:  # the L2 penalty is named when it is not the default
+        l2 = r.get("l2", 1e-3)
+        r["method"] = r["method"] if l2 == 1e-3 or "l2" in r["method"] else f"{r['method']}, l2 {l2:g}"
     lines = [
         "| new class | method | shots | new-class acc | old acc before | old acc after | change | "
         "new judged ai before / after | human judged ai before / after |",
@@ -210,11 +215,11 @@ def run_synth(args: argparse.Namespace) -> list[dict]:
         sh("train", "--data", work / "split.csv", "--variant", "cnn-dct-mask", "--size", args.size,
            "--epochs", args.epochs, "--out", work / "base")  # fmt: skip
     results = []
-    for new_class in held_out:
+    for new_class in args.held_out or held_out:
         files = sorted((work / "new" / new_class).glob("*.png"))
         results += shots_experiment(
             work, work / "base", work / "split.csv", new_class, files[:100], files[100:200],
-            args.shots, args.seeds, args.methods,
+            args.shots, args.seeds, args.methods, args.l2,
         )  # fmt: skip
     return results
 
@@ -243,8 +248,9 @@ def run_real(args: argparse.Namespace) -> list[dict]:
     pool = [new_files[i] for i in sorted(order[args.real_test :])]
     shots = [n for n in args.shots if n <= len(pool)]
     return shots_experiment(
-        work, work / "base", work / "split.csv", args.new_class, pool, test, shots, args.seeds, args.methods
-    )
+        work, work / "base", work / "split.csv", args.new_class, pool, test, shots, args.seeds, args.methods,
+        args.l2,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -265,12 +271,16 @@ def main() -> None:
         "--shots", type=lambda s: [int(x) for x in s.split(",")], default=[5, 10, 20, 50, 100]
     )
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--l2", type=float, default=1e-3, help="the L2 penalty of the head fit (the first runs: 1e-3)"
+    )
+    parser.add_argument("--held-out", type=lambda s: s.split(","), help="synth: only these held-out classes")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=["row", "head"])
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = run_synth(args) if args.data == "synth" else run_real(args)
-    (args.work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.work / f"results-{args.data}-l2={args.l2:g}.json").write_text(json.dumps(results, indent=1) + "\n")
     print(summary(results))
     print(f"total {time.perf_counter() - started:.0f} s", file=sys.stderr)
 

@@ -23,7 +23,7 @@ def enroll(
     method: str = typer.Option(
         "row", help="row: fit one new head row, old rows untouched; head: fine-tune the whole last layer."
     ),
-    l2: float = typer.Option(1e-3, min=0.0, help="L2 penalty of the fit (on standardised features)."),
+    l2: float = typer.Option(0.1, min=0.0, help="L2 penalty of the fit (on standardised features)."),
     reference_per_class: int = typer.Option(200, min=1, help="Old-class training images per class."),
     seed: int = typer.Option(0, help="Seed for the reference sample and the calibration folds."),
 ) -> None:
