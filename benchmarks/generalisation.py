@@ -21,7 +21,14 @@ from pathlib import Path
 
 from animeprov.crossval import CrossvalConfig, run_crossval
 
-PATCHES = {"size": 64, "view": "random", "views_per_image": 4, "eval_view": "tiles", "epochs": 8, "patience": 8}
+PATCHES = {
+    "size": 64,
+    "view": "random",
+    "views_per_image": 4,
+    "eval_view": "tiles",
+    "epochs": 8,
+    "patience": 8,
+}
 EQUAL_AUGMENT = {"augment": "jpeg,webp,blur,noise,resize,p=0.5", "skip_flat": True}
 BALANCED = {"sampling": "source", "binary_weight": 1.0}
 
@@ -43,7 +50,10 @@ def add_ladder(stem_variant: str) -> None:
     base = {**PATCHES, "variant": stem_variant}
     ROWS[f"{stem_variant} + equal augmentation, flat skip"] = ("paper", {**base, **EQUAL_AUGMENT})
     ROWS[f"{stem_variant} + source sampling, binary loss"] = ("paper", {**base, **EQUAL_AUGMENT, **BALANCED})
-    ROWS[f"{stem_variant} + taef2 decoder pairs"] = ("paper", {**base, **EQUAL_AUGMENT, **BALANCED, "pairs": "taef2"})
+    ROWS[f"{stem_variant} + taef2 decoder pairs"] = (
+        "paper",
+        {**base, **EQUAL_AUGMENT, **BALANCED, "pairs": "taef2"},
+    )
 
 
 def slug(name: str) -> str:
@@ -51,7 +61,9 @@ def slug(name: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--manifests", nargs="+", required=True)
     parser.add_argument("--rows", default="all", help="Comma-separated row names or slugs, or 'all'.")
@@ -80,8 +92,13 @@ def main() -> None:
         )
         start = time.perf_counter()
         report = run_crossval(config, args.work / slug(name))
-        table.append({"row": name, "seconds_this_call": round(time.perf_counter() - start, 1),
-                      **{key: report["pooled"][key] for key in report["pooled"]}})  # fmt: skip
+        table.append(
+            {
+                "row": name,
+                "seconds_this_call": round(time.perf_counter() - start, 1),
+                **{key: report["pooled"][key] for key in report["pooled"]},
+            }
+        )
         print(json.dumps(table[-1]), flush=True)
     write_table(args.work)
     print(json.dumps(table, indent=1))
@@ -96,8 +113,15 @@ def write_table(work: Path) -> None:
             data = json.loads(report.read_text())
             seeds = ",".join(map(str, data["config"]["seeds"]))
             table.append({"row": f"{name} (seeds {seeds})", **data["pooled"]})
-    keys = ["roc_auc", "balanced_accuracy", "fpr_at_ai_threshold", "ai_recall_at_ai_threshold", "coverage",
-            "committed_accuracy", "attribution_accuracy"]  # fmt: skip
+    keys = [
+        "roc_auc",
+        "balanced_accuracy",
+        "fpr_at_ai_threshold",
+        "ai_recall_at_ai_threshold",
+        "coverage",
+        "committed_accuracy",
+        "attribution_accuracy",
+    ]
 
     def cell(stat: dict) -> str:
         return "n/a" if stat["mean"] is None else f"{stat['mean']:.3f} ± {stat['sd']:.3f}"

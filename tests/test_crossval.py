@@ -32,9 +32,15 @@ def _rows(spec: dict[str, tuple[str, int]]) -> list[dict]:
 
 
 SPEC = {
-    "h1": ("human", 10), "h2": ("human", 6), "h3": ("human", 4), "h4": ("human", 3),
-    "a1": ("gen-a", 9), "a2": ("gen-a", 5), "b1": ("gen-b", 7), "b2": ("gen-b", 2),
-}  # fmt: skip
+    "h1": ("human", 10),
+    "h2": ("human", 6),
+    "h3": ("human", 4),
+    "h4": ("human", 3),
+    "a1": ("gen-a", 9),
+    "a2": ("gen-a", 5),
+    "b1": ("gen-b", 7),
+    "b2": ("gen-b", 2),
+}
 
 
 def test_loso_holds_out_each_source_once():
@@ -72,8 +78,15 @@ def test_fold_split_never_shares_a_source_between_test_and_training(val_by):
 
 
 def _prediction(source, cls, p, verdict, fold=0, probs=None):
-    return {"source": source, "class": cls, "p_generated": p, "verdict": verdict, "error": None, "fold": fold,
-            "probabilities": probs or {"human": 1 - p, "gen-a": p * 0.7, "gen-b": p * 0.3}}  # fmt: skip
+    return {
+        "source": source,
+        "class": cls,
+        "p_generated": p,
+        "verdict": verdict,
+        "error": None,
+        "fold": fold,
+        "probabilities": probs or {"human": 1 - p, "gen-a": p * 0.7, "gen-b": p * 0.3},
+    }
 
 
 def test_pooled_metrics_on_hand_made_predictions():
@@ -102,15 +115,24 @@ def test_pooled_metrics_on_hand_made_predictions():
     assert metrics["n_attribution"] == 3 and metrics["attribution_accuracy"] == pytest.approx(1.0)
     sources = per_source(rows, "human")
     assert sources["h2"] == {
-        "n": 2, "classes": ["human"], "correct_at_0.5": 0.5, "mean_p_generated": pytest.approx(0.55),
-        "artist": 1, "unsure": 0, "ai": 1,
-    }  # fmt: skip
+        "n": 2,
+        "classes": ["human"],
+        "correct_at_0.5": 0.5,
+        "mean_p_generated": pytest.approx(0.55),
+        "artist": 1,
+        "unsure": 0,
+        "ai": 1,
+    }
     assert sources["b1"]["n"] == 2  # the unreadable file is not counted
 
 
 def test_risk_coverage_keeps_the_most_confident_first():
-    rows = [_prediction("h", "human", 0.05, "artist"), _prediction("a", "gen-a", 0.45, "unsure"),
-            _prediction("a", "gen-a", 0.99, "ai"), _prediction("h", "human", 0.6, "unsure")]  # fmt: skip
+    rows = [
+        _prediction("h", "human", 0.05, "artist"),
+        _prediction("a", "gen-a", 0.45, "unsure"),
+        _prediction("a", "gen-a", 0.99, "ai"),
+        _prediction("h", "human", 0.6, "unsure"),
+    ]
     curve = risk_coverage(rows, "human", points=5)
     assert curve[-1] == {"coverage": 1.0, "accuracy": 0.5}
     assert curve[1]["accuracy"] == 1.0  # the two most confident (0.99, 0.05) are right
@@ -120,16 +142,30 @@ def _write_source_tree(root: Path) -> Path:
     """Three human and three AI sources of 48 px images; AI images carry a 2-px periodic trace."""
     rng = np.random.default_rng(0)
     rows = []
-    for source, cls in [("h1", "human"), ("h2", "human"), ("h3", "human"),
-                        ("a1", "gen-a"), ("a2", "gen-a"), ("a3", "gen-a")]:  # fmt: skip
+    for source, cls in [
+        ("h1", "human"),
+        ("h2", "human"),
+        ("h3", "human"),
+        ("a1", "gen-a"),
+        ("a2", "gen-a"),
+        ("a3", "gen-a"),
+    ]:
         (root / source).mkdir(parents=True)
         for i in range(6):
             image = rng.integers(0, 200, size=(48, 48, 3)).astype(np.int32)
             if cls != "human":
                 image[::2, ::2] += 50
             Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / source / f"{i}.png")
-            rows.append({"path": f"{source}/{i}.png", "class": cls, "source": source, "group": f"{source}{i}",
-                         "width": 48, "height": 48})  # fmt: skip
+            rows.append(
+                {
+                    "path": f"{source}/{i}.png",
+                    "class": cls,
+                    "source": source,
+                    "group": f"{source}{i}",
+                    "width": 48,
+                    "height": 48,
+                }
+            )
     manifest = root / "manifest.csv"
     with open(manifest, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -143,6 +179,7 @@ def test_combine_manifests_makes_paths_absolute_and_needs_the_column(tmp_path):
     rows = combine_manifests([manifest], tmp_path / "all.csv", "source")
     assert all(Path(row["path"]).is_absolute() and Path(row["path"]).exists() for row in rows)
     assert {row["dataset"] for row in rows} == {"manifest"}
+    assert rows[0]["group"] == "manifest:h10"  # another manifest's "h10" is another group
     with pytest.raises(ValueError, match="no 'artist' column"):
         combine_manifests([manifest], tmp_path / "all.csv", "artist")
 
@@ -187,7 +224,9 @@ def test_validation_sources_never_take_a_class_out_of_training():
     spec = {**SPEC, "c1": ("gen-c", 30)}
     for seed in range(10):
         split = fold_split(_rows(spec), ["h1"], "source", "human", val_by="source", val_share=0.5, seed=seed)
-        assert {r["class"] for r in split if r["split"] == "val"} <= {r["class"] for r in split if r["split"] == "train"}
+        assert {r["class"] for r in split if r["split"] == "val"} <= {
+            r["class"] for r in split if r["split"] == "train"
+        }
         assert "c1" not in {r["source"] for r in split if r["split"] == "val"}
 
 

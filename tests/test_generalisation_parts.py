@@ -29,7 +29,9 @@ def test_highpass_residual_by_hand():
     assert out[0, 0, 2, 2] == pytest.approx(8.0)  # 9 - 9/9
     assert out[0, 0, 1, 1] == pytest.approx(-1.0)  # 0 - 9/9
     assert out[0, 0, 0, 0] == 0.0
-    assert torch.allclose(highpass_residual(torch.full((1, 3, 4, 4), 0.3)), torch.zeros(1, 3, 4, 4), atol=1e-7)
+    assert torch.allclose(
+        highpass_residual(torch.full((1, 3, 4, 4), 0.3)), torch.zeros(1, 3, 4, 4), atol=1e-7
+    )
 
 
 def test_residual_and_residual_dct_stems_match_references():
@@ -64,7 +66,9 @@ def _tree(tmp_path, n=4):
 
 def test_random_patches_change_per_epoch_avoid_flat_fills_and_tiles_cover_the_grid(tmp_path):
     csv_path, rows = _tree(tmp_path)
-    patches = ImageDataset(csv_path, rows, ["gen", "human"], 8, view="random", views_per_image=3, skip_flat=True)
+    patches = ImageDataset(
+        csv_path, rows, ["gen", "human"], 8, view="random", views_per_image=3, skip_flat=True
+    )
     assert len(patches) == 12 and patches.item_rows()[:4] == [0, 0, 0, 1]
     first = [patches[i][0] for i in range(12)]
     assert sum(is_flat(view) for view in first) < 6  # 1 of 16 positions is textured; retries find it
@@ -126,8 +130,11 @@ def test_taef2_loads_strictly_reconstructs_closely_and_caches(tmp_path):
     assert 10 * np.log10(255**2 / mse) > 20  # a near copy, not noise
     Image.fromarray(smooth).save(tmp_path / "h.png")
     Image.fromarray(smooth[:4, :4]).save(tmp_path / "tiny.png")
-    rows = [{"path": "h.png", "class": "human", "source": "s"}, {"path": "tiny.png", "class": "human", "source": "s"},
-            {"path": "h.png", "class": "gen", "source": "g"}]  # fmt: skip
+    rows = [
+        {"path": "h.png", "class": "human", "source": "s"},
+        {"path": "tiny.png", "class": "human", "source": "s"},
+        {"path": "h.png", "class": "gen", "source": "g"},
+    ]
     cache = tmp_path / "cache"
     pairs, keys, failed = add_decoder_pairs(rows, tmp_path / "x.csv", human_class="human", cache=cache)
     assert [r["class"] for r in pairs] == ["human", "human", "gen", PAIR_CLASS]
@@ -165,16 +172,29 @@ def _calibration():
     ("judged", "checks", "expected"),
     [
         ({"verdict": "ai", "p_generated": 0.9}, {"jpeg:90": {"verdict": "ai", "p_generated": 0.85}}, None),
-        ({"verdict": "ai", "p_generated": 0.9}, {"webp:90": {"verdict": "unsure", "p_generated": 0.6}},
-         "unstable: ai (P 0.90) but webp:90 gives unsure (P 0.60)"),
-        ({"verdict": "artist", "p_generated": 0.1}, {"familiarity": {"distance": 3.0, "threshold": 2.0}},
-         "unfamiliar: unlike the training images (distance 3.00 > 2.00)"),
-        ({"verdict": "artist", "p_generated": 0.1}, {"familiarity": {"distance": 1.0, "threshold": 2.0}}, None),
-        ({"verdict": "unsure", "p_generated": 0.5}, {"shift:4": {"verdict": "ai", "p_generated": 0.81}},
-         "between the thresholds: P(generated) 0.50 is above the artist threshold 0.20 and below the ai "
-         "threshold 0.80"),
+        (
+            {"verdict": "ai", "p_generated": 0.9},
+            {"webp:90": {"verdict": "unsure", "p_generated": 0.6}},
+            "unstable: ai (P 0.90) but webp:90 gives unsure (P 0.60)",
+        ),
+        (
+            {"verdict": "artist", "p_generated": 0.1},
+            {"familiarity": {"distance": 3.0, "threshold": 2.0}},
+            "unfamiliar: unlike the training images (distance 3.00 > 2.00)",
+        ),
+        (
+            {"verdict": "artist", "p_generated": 0.1},
+            {"familiarity": {"distance": 1.0, "threshold": 2.0}},
+            None,
+        ),
+        (
+            {"verdict": "unsure", "p_generated": 0.5},
+            {"shift:4": {"verdict": "ai", "p_generated": 0.81}},
+            "between the thresholds: P(generated) 0.50 is above the artist threshold 0.20 and below the ai "
+            "threshold 0.80",
+        ),
     ],
-)  # fmt: skip
+)
 def test_abstention_reasons_on_constructed_cases(judged, checks, expected):
     from animeprov.predict import abstention_reason
 

@@ -189,13 +189,19 @@ def test_calibrated_probabilities_and_verdicts(tmp_path):
     best = CLASSES[int(np.argmax(raw_probs[0, :2]))]
     assert (judged.verdict, judged.generator) == ("ai", best)
 
-    above = Predictor.from_checkpoint(calibrated_run, checks=(), thresholds={"ai": p_generated + 1e-6}).predict(path)
+    above = Predictor.from_checkpoint(
+        calibrated_run, checks=(), thresholds={"ai": p_generated + 1e-6}
+    ).predict(path)
     assert (above.verdict, above.generator) == ("unsure", None)
-    artist = Predictor.from_checkpoint(calibrated_run, checks=(), thresholds={"ai": 1.0, "artist": 0.9999}).predict(path)
+    artist = Predictor.from_checkpoint(
+        calibrated_run, checks=(), thresholds={"ai": 1.0, "artist": 0.9999}
+    ).predict(path)
     assert artist.verdict == "artist"
     unknown = Predictor.from_checkpoint(calibrated_run, checks=(), thresholds={"unknown": 1.01}).predict(path)
     assert (unknown.verdict, unknown.generator) == ("ai", "unknown")
-    overrides = Predictor.from_checkpoint(calibrated_run, checks=(), thresholds={"ai": 0.7}).info()["thresholds"]
+    overrides = Predictor.from_checkpoint(calibrated_run, checks=(), thresholds={"ai": 0.7}).info()[
+        "thresholds"
+    ]
     assert overrides["ai"] == 0.7 and overrides["overrides"]["ai_threshold"]["now"] == 0.7
 
 

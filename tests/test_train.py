@@ -167,9 +167,17 @@ def test_patch_recipe_trains_with_source_sampling_binary_loss_and_tiles(tiny_spl
         writer.writeheader()
         writer.writerows(rows)
     config = _config(
-        tiny_split, variant="pooled-npr", size=16, view="random", views_per_image=3, skip_flat=True,
-        eval_view="tiles", sampling="source", binary_weight=1.0, epochs=2,
-    )  # fmt: skip
+        tiny_split,
+        variant="pooled-npr",
+        size=16,
+        view="random",
+        views_per_image=3,
+        skip_flat=True,
+        eval_view="tiles",
+        sampling="source",
+        binary_weight=1.0,
+        epochs=2,
+    )
     summary = train(config, tmp_path / "run")
     saved = ckpt.read_config(tmp_path / "run")
     assert saved["view"] == "random" and saved["sampling"] == "source" and saved["binary_weight"] == 1.0

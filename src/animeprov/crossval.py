@@ -31,7 +31,7 @@ import numpy as np
 
 from animeprov.checkpoint import atomic_write_text
 from animeprov.config import DEFAULT_HUMAN_CLASS
-from animeprov.data.manifest import SPLIT_COLUMN, file_digest, image_path, read_rows, write_rows
+from animeprov.data.manifest import SPLIT_COLUMN, image_path, read_rows, write_rows
 from animeprov.progress import console
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -46,7 +46,9 @@ class CrossvalConfig:
     by: str = "source"  # the column whose values are held out
     folds: int = 0  # 0: one fold per source
     seeds: tuple[int, ...] = (0, 1, 2)
-    val_by: str = "source"  # "source": validate/calibrate on training sources held out; "group": random groups
+    val_by: str = (
+        "source"  # "source": validate/calibrate on training sources held out; "group": random groups
+    )
     val_share: float = 0.15
     human_class: str = DEFAULT_HUMAN_CLASS
     only: tuple[str, ...] = ()  # run just the folds that hold out one of these values (e.g. one external set)
@@ -59,7 +61,8 @@ class CrossvalConfig:
 
 
 def combine_manifests(manifests: Sequence[str | Path], out_csv: Path, by: str) -> list[dict]:
-    """One CSV of every row of `manifests` with absolute paths and a `dataset` column (the CSV's stem).
+    """One CSV of every row of `manifests` with absolute paths, a `dataset` column (the CSV's stem) and
+    groups prefixed by it.
 
     Raises ValueError when a manifest lacks the `by` column or a row has no value in it."""
     rows: list[dict] = []
@@ -74,6 +77,8 @@ def combine_manifests(manifests: Sequence[str | Path], out_csv: Path, by: str) -
             if not row[by]:
                 raise ValueError(f"{manifest}: row {row['path']} has no {by!r} value")
             row = {**row, "path": str(image_path(manifest, row).resolve()), "dataset": Path(manifest).stem}
+            if row.get("group"):  # group ids are per manifest (g00001...): keep them apart
+                row["group"] = f"{row['dataset']}:{row['group']}"
             row.pop(SPLIT_COLUMN, None)
             rows.append(row)
         columns += [c for c in [*part[0], "dataset"] if c not in columns and c != SPLIT_COLUMN]
@@ -112,7 +117,14 @@ def assign_folds(rows: list[dict], by: str, folds: int, human_class: str) -> lis
 
 
 def fold_split(
-    rows: list[dict], held_out: list[str], by: str, human_class: str, *, val_by: str, val_share: float, seed: int
+    rows: list[dict],
+    held_out: list[str],
+    by: str,
+    human_class: str,
+    *,
+    val_by: str,
+    val_share: float,
+    seed: int,
 ) -> list[dict]:
     """Rows with a `split` column: test = the held-out sources; val = about `val_share` of the rest, whole
     sources (val_by="source": a human and an AI share, so calibration sees sources it did not train on) or
@@ -173,7 +185,7 @@ def run_crossval(config: CrossvalConfig, out: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     data_csv = out / "data.csv"
     rows = combine_manifests(config.manifests, data_csv, config.by)
-    _check_settings(out, config, file_digest(data_csv))
+    _check_settings(out, config, data_digest(rows, config.by))
     held = assign_folds(rows, config.by, config.folds, config.human_class)
     if config.only:
         missing = sorted(set(config.only) - {name for names in held for name in names})
@@ -190,9 +202,14 @@ def run_crossval(config: CrossvalConfig, out: str | Path) -> dict[str, Any]:
             folder.mkdir(parents=True, exist_ok=True)
             console.print(f"fold {k + 1}/{len(held)} seed {seed}: holding out {', '.join(sources)}")
             split_rows = fold_split(
-                rows, sources, config.by, config.human_class,
-                val_by=config.val_by, val_share=config.val_share, seed=seed,
-            )  # fmt: skip
+                rows,
+                sources,
+                config.by,
+                config.human_class,
+                val_by=config.val_by,
+                val_share=config.val_share,
+                seed=seed,
+            )
             split_csv = folder / "split.csv"
             if not split_csv.exists():
                 write_rows(split_csv, split_rows, list(split_rows[0]))
@@ -214,6 +231,15 @@ def run_crossval(config: CrossvalConfig, out: str | Path) -> dict[str, Any]:
     return report
 
 
+def data_digest(rows: list[dict], by: str) -> str:
+    """sha256 of what decides the folds and the training: each image's path, class and held-out value
+    (other manifest columns may change without invalidating finished folds)."""
+    import hashlib
+
+    lines = sorted(f"{row['path']}\t{row['class']}\t{row[by]}" for row in rows)
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def _check_settings(out: Path, config: CrossvalConfig, data_sha256: str) -> None:
     """A folder holds one cross-validation: refuse to mix results of other settings or data into it."""
     settings = {**asdict(config), "data_sha256": data_sha256}
@@ -224,9 +250,13 @@ def _check_settings(out: Path, config: CrossvalConfig, data_sha256: str) -> None
     if path.exists():
         previous = json.loads(path.read_text())
         if previous != settings:
-            changed = sorted(k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k))
-            raise ValueError(f"{out}: holds a cross-validation with other settings ({', '.join(changed)}); "
-                             "choose another --out")  # fmt: skip
+            changed = sorted(
+                k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k)
+            )
+            raise ValueError(
+                f"{out}: holds a cross-validation with other settings ({', '.join(changed)}); "
+                "choose another --out"
+            )
         return
     atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
 
@@ -286,7 +316,9 @@ def read_predictions(out: Path, folds: Sequence[int], seeds: Sequence[int]) -> d
     return found
 
 
-def pooled_metrics(rows: list[dict], human_class: str, trained_classes: dict[int, set[str]]) -> dict[str, Any]:
+def pooled_metrics(
+    rows: list[dict], human_class: str, trained_classes: dict[int, set[str]]
+) -> dict[str, Any]:
     """Out-of-source figures of one seed's predictions pooled over folds (rows with an error left out).
 
     `trained_classes[fold]`: the classes that fold's model was trained on, for attribution."""
@@ -303,11 +335,13 @@ def pooled_metrics(rows: list[dict], human_class: str, trained_classes: dict[int
     correct_commit = (judged_ai & generated) | ((verdicts == "artist") & ~generated)
     tpr, tnr = float((p[generated] >= 0.5).mean()), float((p[~generated] < 0.5).mean())
     attributed = [
-        row for row in rows
+        row
+        for row in rows
         if row["class"] != human_class and row["class"] in trained_classes.get(row["fold"], set())
-    ]  # fmt: skip
+    ]
     attribution = [
-        max((c for c in row["probabilities"] if c != human_class), key=row["probabilities"].get) == row["class"]
+        max((c for c in row["probabilities"] if c != human_class), key=row["probabilities"].get)
+        == row["class"]
         for row in attributed
     ]
     both = generated.any() and (~generated).any()
@@ -385,16 +419,23 @@ def ensemble_metrics(predictions: dict[int, list[dict]], human_class: str) -> di
     if generated.all() or (~generated).all():
         return {"n": len(rows)}
     tpr, tnr = float((p[generated] >= 0.5).mean()), float((p[~generated] < 0.5).mean())
-    return {"n": len(rows), "seeds": len(predictions), "roc_auc": float(roc_auc_score(generated, p)),
-            "balanced_accuracy": (tpr + tnr) / 2}  # fmt: skip
+    return {
+        "n": len(rows),
+        "seeds": len(predictions),
+        "roc_auc": float(roc_auc_score(generated, p)),
+        "balanced_accuracy": (tpr + tnr) / 2,
+    }
 
 
 def _mean_sd(values: list[float | None]) -> dict[str, float | None]:
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "sd": None, "n_seeds": 0}
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            "n_seeds": len(values)}  # fmt: skip
+    return {
+        "mean": float(np.mean(values)),
+        "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "n_seeds": len(values),
+    }
 
 
 def build_report(
@@ -413,8 +454,9 @@ def build_report(
     sources: dict[str, dict[str, Any]] = {}
     for seed, rows in predictions.items():
         for source, figures in per_source(rows, config.human_class).items():
-            entry = sources.setdefault(source, {"n": figures["n"], "kind": kinds[source],
-                                                "classes": figures["classes"], "seeds": {}})  # fmt: skip
+            entry = sources.setdefault(
+                source, {"n": figures["n"], "kind": kinds[source], "classes": figures["classes"], "seeds": {}}
+            )
             entry["seeds"][seed] = figures
     for entry in sources.values():
         seeds = entry["seeds"].values()
@@ -462,15 +504,22 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     n = next(iter(report["per_seed"].values()), {}).get("n", 0)
     lines = [
         f"# Leave-one-source-out: recipe `{config['recipe']}`"
-        + (f" with {', '.join(f'{k}={v}' for k, v in config['overrides'].items())}" if config["overrides"] else ""),
+        + (
+            f" with {', '.join(f'{k}={v}' for k, v in config['overrides'].items())}"
+            if config["overrides"]
+            else ""
+        ),
         "",
         f"{len(report['folds'])} folds over the `{config['by']}` column, seeds {seeds}, {n} test images per "
         f"seed (validation: {config['val_by']}). Mean ± sd over seeds.",
         "",
         "| metric | value |",
         "| :--- | ---: |",
-        *(f"| {label} | {_fmt(report['pooled'][key])} |" for key, label in POOLED_LABELS.items()
-          if key in report["pooled"]),  # fmt: skip
+        *(
+            f"| {label} | {_fmt(report['pooled'][key])} |"
+            for key, label in POOLED_LABELS.items()
+            if key in report["pooled"]
+        ),
         "",
         "## Per held-out source",
         "",
@@ -480,7 +529,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     for name, entry in sorted(report["sources"].items(), key=lambda item: (item[1]["kind"], item[0])):
         lines.append(
             f"| {name} | {entry['kind']} | {entry['n']} | {_fmt(entry['correct_at_0.5'], 2)} | "
-            f"{_fmt(entry['mean_p_generated'], 2)} | {_fmt(entry['artist'], 1)} | {_fmt(entry['unsure'], 1)} | "
+            f"{_fmt(entry['mean_p_generated'], 2)} | {_fmt(entry['artist'], 1)} | "
+            f"{_fmt(entry['unsure'], 1)} | "
             f"{_fmt(entry['ai'], 1)} |"
         )
     ensemble = report.get("ensemble")
@@ -488,7 +538,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         at = lines.index("## Per held-out source")
         lines[at:at] = [
             f"Ensemble of the {ensemble['seeds']} seeds' models (P(generated) averaged per image): ROC-AUC "
-            f"{ensemble['roc_auc']:.3f}, balanced detection accuracy at 0.5 {ensemble['balanced_accuracy']:.3f}.",
+            f"{ensemble['roc_auc']:.3f}, balanced detection accuracy at 0.5 "
+            f"{ensemble['balanced_accuracy']:.3f}.",
             "",
         ]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
@@ -509,8 +560,9 @@ def _plot(report: dict[str, Any], out: Path) -> None:
         colours = ["tab:blue" if entry["kind"] == "human" else "tab:red" for _, entry in sources]
         ax.bar(range(len(sources)), means, yerr=sds, color=colours, capsize=2)
         ax.set_xticks(range(len(sources)))
-        ax.set_xticklabels([f"{name} (n={entry['n']})" for name, entry in sources], rotation=75, ha="right",
-                           fontsize=7)  # fmt: skip
+        ax.set_xticklabels(
+            [f"{name} (n={entry['n']})" for name, entry in sources], rotation=75, ha="right", fontsize=7
+        )
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_ylim(0, 1)
         ax.set_ylabel("share judged correctly at 0.5")
@@ -532,4 +584,3 @@ def _plot(report: dict[str, Any], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "risk_coverage.png", dpi=120)
         plt.close(fig)
-

@@ -209,7 +209,7 @@ class Predictions:
 
     def pool_by_row(self) -> Predictions:
         """One prediction per dataset row from several views of it (tiles, patches): the softmax of the mean
-        log-probability, as `predict` combines tiles. Rows keep their first-seen order; errors are kept once."""
+        log-probability, as `predict` combines tiles. Rows keep their first-seen order; errors appear once."""
         if len(np.unique(self.indices)) == len(self.indices):
             return self
         rows, first, inverse = np.unique(self.indices, return_index=True, return_inverse=True)

@@ -1,4 +1,4 @@
-"""Decoder-trace pairs: human images passed through a real latent decoder, as content-matched "generated" twins.
+"""Decoder-trace pairs: human images passed through a real latent decoder, as content-matched twins.
 
 Latent-diffusion models (SD 1.x, NovelAI, SDXL, Flux) all draw their pixels through an 8x upsampling VAE
 decoder. A human image sent through an encoder and such a decoder looks the same but carries the decoder's
@@ -46,7 +46,10 @@ class _Block(nn.Module):
         self.conv = nn.Sequential(_conv(64, 64), nn.ReLU(), _conv(64, 64), nn.ReLU(), _conv(64, 64))
         self.pool = (
             nn.Sequential(
-                nn.Conv2d(64, 256, 1, bias=False), nn.GroupNorm(4, 256), nn.ReLU(), nn.Conv2d(256, 64, 1, bias=False)
+                nn.Conv2d(64, 256, 1, bias=False),
+                nn.GroupNorm(4, 256),
+                nn.ReLU(),
+                nn.Conv2d(256, 64, 1, bias=False),
             )
             if mid
             else None
@@ -66,23 +69,48 @@ class _Clamp(nn.Module):
 def taef2_encoder() -> nn.Sequential:
     down = lambda: _conv(64, 64, bias=False, stride=2)  # noqa: E731
     return nn.Sequential(
-        _conv(3, 64), _Block(),
-        down(), _Block(), _Block(), _Block(),
-        down(), _Block(), _Block(), _Block(),
-        down(), _Block(True), _Block(True), _Block(True),
+        _conv(3, 64),
+        _Block(),
+        down(),
+        _Block(),
+        _Block(),
+        _Block(),
+        down(),
+        _Block(),
+        _Block(),
+        _Block(),
+        down(),
+        _Block(True),
+        _Block(True),
+        _Block(True),
         _conv(64, 32),
-    )  # fmt: skip
+    )
 
 
 def taef2_decoder() -> nn.Sequential:
     up = lambda: nn.Upsample(scale_factor=2, mode="nearest")  # noqa: E731
     return nn.Sequential(
-        _Clamp(), _conv(32, 64), nn.ReLU(), _Block(True), _Block(True), _Block(True),
-        up(), _conv(64, 64, bias=False), _Block(), _Block(), _Block(),
-        up(), _conv(64, 64, bias=False), _Block(), _Block(), _Block(),
-        up(), _conv(64, 64, bias=False), _Block(),
+        _Clamp(),
+        _conv(32, 64),
+        nn.ReLU(),
+        _Block(True),
+        _Block(True),
+        _Block(True),
+        up(),
+        _conv(64, 64, bias=False),
+        _Block(),
+        _Block(),
+        _Block(),
+        up(),
+        _conv(64, 64, bias=False),
+        _Block(),
+        _Block(),
+        _Block(),
+        up(),
+        _conv(64, 64, bias=False),
+        _Block(),
         _conv(64, 3),
-    )  # fmt: skip
+    )
 
 
 class TinyAutoencoder(nn.Module):
@@ -106,8 +134,13 @@ class TinyAutoencoder(nn.Module):
         """(H, W, 3) uint8 -> the same image through encoder and decoder, cut to sides a multiple of 8."""
         height, width = (pixels.shape[0] // SCALE) * SCALE, (pixels.shape[1] // SCALE) * SCALE
         if height == 0 or width == 0:
-            raise ValueError(f"an image of {pixels.shape[1]}x{pixels.shape[0]} px is too small to reconstruct")
-        x = torch.from_numpy(np.ascontiguousarray(pixels[:height, :width])).permute(2, 0, 1)[None].float() / 255
+            raise ValueError(
+                f"an image of {pixels.shape[1]}x{pixels.shape[0]} px is too small to reconstruct"
+            )
+        x = (
+            torch.from_numpy(np.ascontiguousarray(pixels[:height, :width])).permute(2, 0, 1)[None].float()
+            / 255
+        )
         out = self(x.contiguous(memory_format=torch.channels_last))[0].permute(1, 2, 0)
         return (out * 255).round().to(torch.uint8).numpy()
 
@@ -173,7 +206,13 @@ def add_decoder_pairs(
             failed.append((str(path), f"no {method} reconstruction: unreadable or smaller than {SCALE} px"))
             continue
         source = rows[index].get(source_column) or rows[index]["class"]
-        twins.append({**rows[index], "path": str(twin.resolve()), "class": PAIR_CLASS,
-                      source_column: f"{source}+{PAIR_CLASS}"})  # fmt: skip
+        twins.append(
+            {
+                **rows[index],
+                "path": str(twin.resolve()),
+                "class": PAIR_CLASS,
+                source_column: f"{source}+{PAIR_CLASS}",
+            }
+        )
         keys.append(index)
     return rows + twins, keys, failed

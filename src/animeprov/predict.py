@@ -269,7 +269,9 @@ def _source_name(item: Item) -> str:
     return os.fspath(item)
 
 
-def prepare_or_error(item: Item, size: int, view: str, rules: LoadRules, checks: Sequence[str] = ()) -> Prepared:
+def prepare_or_error(
+    item: Item, size: int, view: str, rules: LoadRules, checks: Sequence[str] = ()
+) -> Prepared:
     """`prepare`, with any failure turned into `Prepared.error`: one bad file never stops a stream."""
     try:
         return prepare(item, size, view, rules, checks=checks)
@@ -358,7 +360,9 @@ class Predictor:
         self.familiarity = familiarity if calibration is not None else None
         self.checks = tuple(checks) if calibration is not None else ()
         for check in self.checks:
-            stability_variant(np.zeros((size + 8, size + 8, 3), np.uint8), check, size)  # fails fast on a typo
+            stability_variant(
+                np.zeros((size + 8, size + 8, 3), np.uint8), check, size
+            )  # fails fast on a typo
 
     @classmethod
     def from_checkpoint(
@@ -449,12 +453,16 @@ class Predictor:
         log_probs = log_softmax(logits.float().cpu().numpy().astype(np.float64), axis=1)
         return log_probs, None if self.familiarity is None else features.float().cpu().numpy()
 
-    def _batched_forward(self, views: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    def _batched_forward(
+        self, views: np.ndarray, batch_size: int = 32
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         parts = [self._forward(views[i : i + batch_size]) for i in range(0, len(views), batch_size)]
         features = None if self.familiarity is None else np.concatenate([f for _, f in parts])
         return np.concatenate([p for p, _ in parts]), features
 
-    def _result(self, prepared: Prepared, log_probs: np.ndarray, features: np.ndarray | None) -> ImagePrediction:
+    def _result(
+        self, prepared: Prepared, log_probs: np.ndarray, features: np.ndarray | None
+    ) -> ImagePrediction:
         n_image = prepared.groups[0][1] if prepared.groups else len(log_probs)
         raw = aggregate_log_probs(log_probs[:n_image])[None, :]
         human = self.classes.index(self.human_class)
@@ -494,7 +502,9 @@ class Predictor:
             checks["familiarity"] = {"distance": round(distance, 6), "threshold": self.familiarity.threshold}
         start = n_image
         for name, count in prepared.groups[1:]:
-            judged = verdicts(aggregate_log_probs(log_probs[start : start + count])[None, :], self.calibration)[0]
+            judged = verdicts(
+                aggregate_log_probs(log_probs[start : start + count])[None, :], self.calibration
+            )[0]
             # rounded: a diagnostic, and batches of other sizes differ in the last float digits
             checks[name] = {"verdict": judged["verdict"], "p_generated": round(judged["p_generated"], 6)}
             start += count
@@ -517,7 +527,14 @@ class Predictor:
         stitched back onto the image for tiles."""
         choose_view(0, 0, self.size, view)  # validates the name before any work
         prepared = prepare(
-            item, self.size, view, self.load_rules, name=name, keep_pixels=heatmap, raw=raw, checks=self.checks
+            item,
+            self.size,
+            view,
+            self.load_rules,
+            name=name,
+            keep_pixels=heatmap,
+            raw=raw,
+            checks=self.checks,
         )
         result = self._result(prepared, *self._batched_forward(prepared.views))
         if heatmap:
@@ -632,7 +649,9 @@ def abstention_reason(judged: dict[str, Any], checks: dict[str, Any], calibratio
         if name != "familiarity" and check["verdict"] != judged["verdict"]
     ]
     if flips and judged["verdict"] != "unsure":
-        reasons.append(f"unstable: {judged['verdict']} (P {judged['p_generated']:.2f}) but " + ", ".join(flips))
+        reasons.append(
+            f"unstable: {judged['verdict']} (P {judged['p_generated']:.2f}) but " + ", ".join(flips)
+        )
     return "; ".join(reasons) or None
 
 

@@ -66,7 +66,9 @@ def recipe_values(name: str, overrides: dict[str, Any] | None = None) -> dict[st
     overrides = overrides or {}
     unknown = sorted(set(overrides) - set(RECIPE_FIELDS))
     if unknown:
-        raise ValueError(f"not recipe fields: {', '.join(unknown)}; recipe fields: {', '.join(RECIPE_FIELDS)}")
+        raise ValueError(
+            f"not recipe fields: {', '.join(unknown)}; recipe fields: {', '.join(RECIPE_FIELDS)}"
+        )
     return {**RECIPES[name], **overrides, "recipe": name}
 
 
@@ -80,7 +82,9 @@ def parse_settings(settings: list[str]) -> dict[str, Any]:
         key, sep, text = setting.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in RECIPE_FIELDS:
-            raise ValueError(f"--set {setting!r}: expected FIELD=VALUE with FIELD one of {', '.join(RECIPE_FIELDS)}")
+            raise ValueError(
+                f"--set {setting!r}: expected FIELD=VALUE with FIELD one of {', '.join(RECIPE_FIELDS)}"
+            )
         kind = types[key]
         try:
             value = text if kind == "str" else json.loads(text.strip().lower() if kind == "bool" else text)

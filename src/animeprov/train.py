@@ -425,10 +425,14 @@ def _sampling_weights(
     if distributed.world_size() > 1:
         raise ValueError("sampling='source' is not supported under torchrun yet; use sampling='uniform'")
     if config.human_class not in classes:
-        raise ValueError(f"sampling='source' needs the human class {config.human_class!r} in the training data")
+        raise ValueError(
+            f"sampling='source' needs the human class {config.human_class!r} in the training data"
+        )
     missing = sum(not row.get(config.source_column) for row in rows)
     if missing:
-        log.warning("%d training rows have no %r: their class stands in as the source", missing, config.source_column)
+        log.warning(
+            "%d training rows have no %r: their class stands in as the source", missing, config.source_column
+        )
     item_rows = train_set.item_rows()
     sources = [rows[i].get(config.source_column) or rows[i]["class"] for i in item_rows]
     generated = [rows[i]["class"] != config.human_class for i in item_rows]

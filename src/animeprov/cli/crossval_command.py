@@ -27,7 +27,8 @@ def crossval(
     val_share: float = typer.Option(0.15, min=0.01, max=0.5, help="Share of the training images for val."),
     human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
     only: list[str] = typer.Option(
-        [], help="Run only the fold(s) holding out this value (repeatable), e.g. --by dataset --only my-test-set."
+        [],
+        help="Run only the fold(s) holding out this value (repeatable), e.g. --by dataset --only my-set.",
     ),
     workers: int = typer.Option(0, min=0),
     device: str = typer.Option("auto"),

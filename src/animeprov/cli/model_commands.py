@@ -46,18 +46,24 @@ def models(
 def train(
     data: Path = typer.Option(..., "--data", help="Split CSV (from `animeprov data split`)."),
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
-    recipe: str = typer.Option("", help="Named training recipe (`animeprov models` lists them); default: the default."),
+    recipe: str = typer.Option(
+        "", help="Named training recipe (`animeprov models` lists them); default: the default."
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Override any recipe field, e.g. --set view=random --set views_per_image=4."
     ),
     variant: str | None = typer.Option(None, help=f"Override the recipe's variant: {', '.join(VARIANTS)}."),
-    size: int | None = typer.Option(None, help="Model input size; images are cropped or tiled, never resized."),
+    size: int | None = typer.Option(
+        None, help="Model input size; images are cropped or tiled, never resized."
+    ),
     epochs: int | None = typer.Option(None, min=1),
     batch_size: int | None = typer.Option(None, min=1),
     optimizer: str | None = typer.Option(None, help="adam or adamw."),
     lr: float | None = typer.Option(None, min=0.0),
     weight_decay: float | None = typer.Option(None, min=0.0),
-    patience: int | None = typer.Option(None, min=1, help="Early stopping: epochs without better val accuracy."),
+    patience: int | None = typer.Option(
+        None, min=1, help="Early stopping: epochs without better val accuracy."
+    ),
     weighted_loss: bool | None = typer.Option(None, help="Weight the loss by inverse class frequency."),
     augment: str | None = typer.Option(
         None,
@@ -82,10 +88,17 @@ def train(
     from animeprov.train import train as run_training
 
     flags = {
-        "variant": variant, "size": size, "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer,
-        "lr": lr, "weight_decay": weight_decay, "patience": patience, "weighted_loss": weighted_loss,
+        "variant": variant,
+        "size": size,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "patience": patience,
+        "weighted_loss": weighted_loss,
         "augment": augment,
-    }  # fmt: skip
+    }
     try:
         overrides = {**parse_settings(set_), **{k: v for k, v in flags.items() if v is not None}}
         config = train_config(

@@ -91,7 +91,7 @@ class ImageDataset(Dataset):
     comes back with its error and the collate function drops it, so a long run never stops on one bad file.
 
     `augment` (e.g. `animeprov.perturb.Augmenter`) perturbs the decoded pixels before the view is cut, and
-    random offsets are drawn, from a generator seeded by (augment_seed, epoch, key, view): the same sample gets
+    random offsets are drawn, from a generator seeded by (augment_seed, epoch, key, view): one sample gets
     the same draw in any worker process, and a new one after `set_epoch`. The key is the row index unless
     `pair_keys` gives rows a shared key: rows with one key (an image and its decoder reconstruction) get the
     same perturbation and the same patch offsets.

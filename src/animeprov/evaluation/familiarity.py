@@ -96,7 +96,9 @@ def load_familiarity(run: str | Path, weights: str) -> Familiarity | None:
 
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata() or {}
-    if metadata.get("weights") != weights or metadata.get("weights_sha256") != sha256_file(Path(run) / weights):
+    if metadata.get("weights") != weights or metadata.get("weights_sha256") != sha256_file(
+        Path(run) / weights
+    ):
         return None
     tensors = load_file(str(path))
     return Familiarity(
@@ -109,8 +111,9 @@ def load_familiarity(run: str | Path, weights: str) -> Familiarity | None:
 
 
 @torch.no_grad()
-def split_features(run: str | Path, data: str | Path, split: str, *, weights: str, batch_size: int = 64,
-                   device: str = "auto") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def split_features(
+    run: str | Path, data: str | Path, split: str, *, weights: str, batch_size: int = 64, device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """(features pooled per image over its views, labels) of one split, views as the run evaluates."""
     from animeprov import checkpoint as ckpt
     from animeprov.data.dataset import ImageDataset, read_split_rows
@@ -120,7 +123,11 @@ def split_features(run: str | Path, data: str | Path, split: str, *, weights: st
     model, config = ckpt.load_model(run, weights=weights)
     prepare_model(model, torch_device).eval()
     dataset = ImageDataset(
-        data, read_split_rows(data, split), config["classes"], config["size"], view=config.get("eval_view", "crop")
+        data,
+        read_split_rows(data, split),
+        config["classes"],
+        config["size"],
+        view=config.get("eval_view", "crop"),
     )
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
@@ -138,8 +145,15 @@ def split_features(run: str | Path, data: str | Path, split: str, *, weights: st
     return np.stack([sums[r] / counts[r] for r in rows]), np.array([labels[r] for r in rows])
 
 
-def fit_run_familiarity(run: str | Path, data: str | Path, *, weights: str, quantile: float = DEFAULT_QUANTILE,
-                        device: str = "auto", val_split: str = "val") -> Familiarity:  # fmt: skip
+def fit_run_familiarity(
+    run: str | Path,
+    data: str | Path,
+    *,
+    weights: str,
+    quantile: float = DEFAULT_QUANTILE,
+    device: str = "auto",
+    val_split: str = "val",
+) -> Familiarity:
     """Fit on the train split and the `val_split` of `data`, and save beside the model."""
     train_features, train_labels = split_features(run, data, "train", weights=weights, device=device)
     val_features, _ = split_features(run, data, val_split, weights=weights, device=device)

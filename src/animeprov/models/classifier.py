@@ -41,7 +41,7 @@ class Classifier(nn.Module):
         return self.backbone.head[-1](self.embed(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) features: what the final linear layer sees (the familiarity check measures distances here)."""
+        """(N, D) features: what the final linear layer sees (the familiarity check measures distances)."""
         expected = (INPUT_CHANNELS, self.size, self.size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(

@@ -97,7 +97,9 @@ class DCTStem(nn.Module):
 
     needs_statistics = True
 
-    def __init__(self, size: int, channels: int = 3, eps: float = LOG_EPS, residual: str | None = None) -> None:
+    def __init__(
+        self, size: int, channels: int = 3, eps: float = LOG_EPS, residual: str | None = None
+    ) -> None:
         super().__init__()
         if residual is not None and residual not in RESIDUALS:
             raise ValueError(f"unknown residual {residual!r}; choose one of {', '.join(RESIDUALS)}")
@@ -163,7 +165,9 @@ class DCTStem(nn.Module):
 
     def extra_repr(self) -> str:
         residual = f", residual={self.residual}" if self.residual else ""
-        return f"size={self.size}, channels={self.channels}, eps={self.eps:g}, fitted={self.is_fitted}{residual}"
+        return (
+            f"size={self.size}, channels={self.channels}, eps={self.eps:g}, fitted={self.is_fitted}{residual}"
+        )
 
 
 Stem = PixelStem | ResidualStem | DCTStem
