@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from animeprov.data.manifest import read_rows, write_rows
+from animeprov.data.manifest import image_path, read_rows, write_rows
 from animeprov.data.split import split_manifest
 from animeprov.data.synth import DEFAULT_CLASSES, generate_synthetic
 from animeprov.evaluation.evaluate import evaluate_run
@@ -72,8 +72,71 @@ def run_demo(
     report_path = out / "report.md"
     report_path.write_text(
         _demo_markdown(results, out=out, per_class=per_class, size=size, epochs=epochs, seed=seed)
+        + _reference_markdown(split_csv)
     )
     return report_path
+
+
+def _reference_markdown(split_csv: Path, per_class: int = 1) -> str:
+    """The bundled reference model (what `animeprov predict my.png` uses) on a few of the demo's test
+    images: one per class. They are synthetic drawings, not what that model was trained on."""
+    from animeprov.data.dataset import read_split_rows
+    from animeprov.io import ImageError
+    from animeprov.predict import Predictor
+    from animeprov.reference import BundleError, card_summary
+
+    try:
+        predictor = Predictor.reference(device="cpu")
+    except (BundleError, OSError, ValueError) as error:
+        return f"\nThe reference model could not be loaded: {error}\n"
+    summary = card_summary(predictor.run) or {}
+    chosen: dict[str, list[Path]] = {}
+    for row in read_split_rows(split_csv, "test"):
+        if len(chosen.setdefault(row["class"], [])) < per_class:
+            chosen[row["class"]].append(image_path(split_csv, row))
+    rows = []
+    for cls, paths in sorted(chosen.items()):
+        for path in paths:
+            try:
+                # smaller than the model input: padded (never resized), as `predict --view pad` does
+                result = predictor.predict(path, view="auto" if _fits(path, predictor.size) else "pad")
+            except ImageError as error:
+                rows.append([path.name, cls, "error", "", "", str(error)])
+                continue
+            why = "; ".join(part.split(":")[0] for part in (result.reason or "").split("; ") if part)
+            generator = result.generator or ""
+            rows.append([path.name, cls, result.verdict or "-", generator, round(result.p_generated, 3), why])
+    console.print("the reference model on a few demo images: see the end of the report")
+    example = next(iter(chosen.values()))[0]
+    pad = "" if _fits(example, predictor.size) else " --view pad"
+    return "\n".join(
+        [
+            "",
+            "## The reference model on a few of these images",
+            "",
+            f"`animeprov predict IMAGE` without a run uses the model shipped with animeprov, "
+            f"`{summary.get('name', 'reference')}` (data: {summary.get('data', 'unknown')}; "
+            "card: docs/model-card.md). Here it judges one test image per class of this synthetic benchmark. "
+            "Unless it was built from this benchmark, these drawings are unlike its training data: expect "
+            "`unsure` and wrong generators. Images smaller than its input are padded, never resized.",
+            "",
+            markdown_table(
+                ["image", "true class", "verdict", "generator", "P(generated)", "why unsure"], rows
+            ),
+            "",
+            "```bash",
+            f"animeprov predict {example}{pad}    # no run given: the reference model",
+            "```",
+            "",
+        ]
+    )
+
+
+def _fits(path: Path, size: int) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return min(image.size) >= size
 
 
 def _demo_markdown(results, *, out: Path, per_class: int, size: int, epochs: int, seed: int) -> str:

@@ -19,7 +19,6 @@ import stat
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -376,13 +375,15 @@ class Predictor:
         precision: str = "auto",
         checks: Sequence[str] = STABILITY_CHECKS,
     ) -> Predictor:
-        """Load a run folder. `thresholds` ({"ai", "artist", "unknown"}: P(generated) / generator-score
+        """Load a run folder, or a bundled model by name ("reference", sha256-checked).
+        `thresholds` ({"ai", "artist", "unknown"}: P(generated) / generator-score
         cut-offs) override calibration.json's. A run without calibration.json gives verdict None, unless
         both "ai" and "artist" thresholds are given: they then apply to the uncalibrated probabilities
         (temperature 1). Raises StaleCalibrationError if calibration.json was fitted for other weights."""
         from animeprov.checkpoint import load_model
+        from animeprov.reference import resolve_run
 
-        run = Path(run)
+        run = resolve_run(run)  # "reference" (the bundled model, sha256-checked) or a run folder
         torch_device = _default_device(device)
         model, config = load_model(run, weights=weights, device="cpu")
         classes = list(config["classes"])
@@ -411,10 +412,22 @@ class Predictor:
             checks=checks,
         )
 
+    @classmethod
+    def reference(cls, **options: Any) -> Predictor:
+        """The reference model shipped in the package (docs/model-card.md says what it can and cannot do);
+        `options` as for `from_checkpoint`."""
+        from animeprov.reference import REFERENCE
+
+        return cls.from_checkpoint(REFERENCE, **options)
+
     def info(self) -> dict[str, Any]:
+        from animeprov.reference import card_summary
+
         calibration = self.calibration
         return {
             "run": self.run,
+            # a bundled model's card in short (data, classes, recipe, where the card is); None for other runs
+            "model_card": card_summary(self.run) if self.run else None,
             "classes": self.classes,
             "variant": self.variant,
             "size": self.size,

@@ -13,16 +13,22 @@ from animeprov.progress import console
 
 
 def export(
-    run: Path = typer.Argument(..., help="Run folder (from `animeprov train`)."),
+    run: Path | None = typer.Argument(
+        None, help="Run folder (from `animeprov train`); default: --model, else the reference model."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="reference (the model shipped with animeprov) or a run folder."
+    ),
     onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write (one self-contained file)."),
     weights: str = typer.Option("model.safetensors", help="Weights file inside RUN."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with PyTorch."),
 ) -> None:
     """ONNX export: input (N, 3, S, S) RGB in [0, 1], outputs logits and calibrated probabilities."""
     from animeprov.export import export_onnx
+    from animeprov.reference import choose_run, resolve_run
 
     try:
-        result = export_onnx(run, onnx, weights=weights, check=check)
+        result = export_onnx(resolve_run(choose_run(run, model)), onnx, weights=weights, check=check)
     except (ValueError, FileNotFoundError) as error:
         raise fail(error) from None
     table = Table(title=f"{result.path} ({result.path.stat().st_size / 1e6:.1f} MB, {result.seconds:.1f} s)")

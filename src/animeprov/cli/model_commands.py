@@ -17,7 +17,8 @@ def models(
     size: int = typer.Option(256, help="Input size (pixels) for the FLOP count."),
     num_classes: int = typer.Option(5, help="Number of classes (human + generators)."),
 ) -> None:
-    """List the model variants (parameters, FLOPs at a given size) and the named training recipes."""
+    """List the model variants (parameters, FLOPs at a given size), the training recipes and the bundled
+    models."""
     from animeprov.models.registry import model_summary
     from animeprov.recipe import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
 
@@ -41,6 +42,31 @@ def models(
     for field in RECIPE_FIELDS:
         recipes.add_row(field, *(str(RECIPES[name][field]) for name in RECIPES))
     Console().print(recipes)
+    print("\n".join(bundled_model_lines()))
+
+
+def bundled_model_lines() -> list[str]:
+    """The models shipped in the package (`predict --model NAME`), each with its card in short."""
+    from animeprov.reference import BundleError, bundled_models, card_summary, resolve_run
+
+    lines = ["", "bundled models (`animeprov predict --model NAME`; without a run, `reference`):"]
+    for name in bundled_models():
+        try:
+            card = card_summary(resolve_run(name)) or {}
+        except BundleError as error:
+            lines.append(f"  {name}: not usable: {error}")
+            continue
+        test = card.get("random_split_test") or {}
+        figures = ", ".join(f"{key} {value:.3g}" for key, value in test.items() if value is not None)
+        lines += [
+            f"  {name} (sha256 verified)",
+            f"    data:    {card.get('data')} ({card.get('images')} images)",
+            f"    classes: {', '.join(card.get('classes', []))}",
+            f"    recipe:  {card.get('recipe')}, seed {card.get('seed')}",
+            f"    random-split test: {figures or 'none'}",
+            f"    card:    {card.get('card')}",
+        ]
+    return lines
 
 
 def train(

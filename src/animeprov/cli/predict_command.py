@@ -1,4 +1,4 @@
-"""`animeprov predict RUN PATHS...` and `animeprov predict-merge OUT`.
+"""`animeprov predict [RUN] PATHS...` (no run: the bundled reference model) and `animeprov predict-merge OUT`.
 
 Streams any number of files through `Predictor.predict_many` and writes one row per file as it comes:
 JSON lines, CSV or a plain table. `--out FILE` is resumable: sources already in FILE are skipped and a
@@ -340,9 +340,16 @@ def merge_shards(out: Path, *, allow_incomplete: bool = False) -> dict[str, int]
 
 
 def predict(
-    run: Path = typer.Argument(..., help="Run folder (from `animeprov train`)."),
     paths: list[str] = typer.Argument(
-        ..., help="Image files, folders, or quoted glob patterns ('imgs/**/*.png')."
+        ...,
+        metavar="[RUN] PATHS...",
+        help="Image files, folders, or quoted glob patterns ('imgs/**/*.png'), optionally after a run folder "
+        "(from `animeprov train`: it holds config.json and model.safetensors). Without a run, --model.",
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="reference (the model shipped with animeprov, the default; docs/model-card.md) or a run folder.",
     ),
     recursive: bool = typer.Option(True, help="Walk folders recursively."),
     fmt: str = typer.Option(
@@ -397,6 +404,7 @@ def predict(
     from animeprov.evaluation.calibration import StaleCalibrationError
     from animeprov.evidence import METADATA_CAVEAT
     from animeprov.predict import PREDICT_VIEWS, STABILITY_CHECKS, ImagePrediction, Predictor
+    from animeprov.reference import describe, run_and_paths
 
     if fmt not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}")
@@ -414,6 +422,7 @@ def predict(
         raise fail("sharded prediction needs --out (each shard writes OUT.shard-K-of-N)")
     thresholds = {"ai": ai_threshold, "artist": artist_threshold, "unknown": unknown_threshold}
     try:
+        run, paths = run_and_paths(model, paths)
         predictor = Predictor.from_checkpoint(
             run,
             device=device,
@@ -423,6 +432,7 @@ def predict(
         )
     except (OSError, ValueError, StaleCalibrationError) as error:  # OSError: e.g. a run file not readable
         raise fail(error) from None
+    console.print(describe(predictor.run))
     if predictor.device.type == "cpu":
         keep_freed_memory()  # steady batch shapes: reusing freed memory avoids page-faulting each batch
     if workers < 0:

@@ -1,4 +1,5 @@
-"""`animeprov serve RUN`: the HTTP API and the browser page for a trained run."""
+"""`animeprov serve [RUN]`: the HTTP API and the browser page for a trained run (default: the bundled
+reference model)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from animeprov.progress import console
 
 
 def serve(
-    run: Path = typer.Argument(..., help="Run folder (from `animeprov train`)."),
+    run: Path | None = typer.Argument(
+        None, help="Run folder (from `animeprov train`); default: --model, else the reference model."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="reference (the model shipped with animeprov) or a run folder."
+    ),
     host: str = typer.Option(
         "127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the server to the network."
     ),
@@ -46,6 +52,7 @@ def serve(
     import uvicorn
 
     from animeprov.evaluation.calibration import StaleCalibrationError
+    from animeprov.reference import choose_run, describe
     from animeprov.serve import ServeSettings, create_app
     from animeprov.web import allowed_hosts_for, is_loopback, server_options
 
@@ -58,6 +65,7 @@ def serve(
             "it has no authentication"
         )
     try:
+        run = choose_run(run, model)
         settings = ServeSettings(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_pixels=max_pixels,
@@ -70,6 +78,7 @@ def serve(
         app = create_app(run, settings=settings, fingerprints=fingerprints, device=device)
     except (ValueError, OSError, StaleCalibrationError) as error:  # OSError: e.g. a run file not readable
         raise fail(error) from None
+    console.print(describe(app.state.run))
     console.print(f"serving {run} on http://{host}:{port}/ (API docs at /docs)")
     options = server_options(
         host,

@@ -1,8 +1,8 @@
 """The HTTP API and the browser page for one trained run: `create_app(run) -> FastAPI`.
 
-Endpoints: POST /v1/predict (multipart upload of one image), GET /v1/model, GET /v1/fingerprints,
-GET /v1/fingerprints/{class}.png, GET /healthz, the page at / and FastAPI's OpenAPI docs (/docs,
-/openapi.json).
+Endpoints: POST /v1/predict (multipart upload of one image), GET /v1/model, GET /model-card,
+GET /v1/fingerprints, GET /v1/fingerprints/{class}.png, GET /healthz, the page at / and FastAPI's OpenAPI
+docs (/docs, /openapi.json).
 
 Security model (docs/serve.md explains each rule):
 - the request body is capped before it is read (413), the pixel count from the image header before decoding
@@ -311,9 +311,12 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app serving `run`'s model. `predictor` (a loaded `animeprov.predict.Predictor`) skips
     loading the run again; `fingerprints` overrides RUN/fingerprints/."""
-    run = Path(run)
+    from animeprov.reference import card_text, resolve_run
+
+    run = resolve_run(run)  # "reference": the bundled model, sha256-checked
     if predictor is None:
         predictor = Predictor.from_checkpoint(run, device=device)
+    card = card_text(run)  # a bundled model's card, served at /model-card (read once, like the page)
     rules = LoadRules(max_pixels=settings.max_pixels, alpha_background=predictor.load_rules.alpha_background)
     prints = read_fingerprints(Path(fingerprints) if fingerprints is not None else None, run)
     static = _read_static()
@@ -322,13 +325,19 @@ def create_app(
     # heatmaps never take the slots that plain predictions need.
     heatmap_gate = InferenceGate(1, settings.max_waiting)
     # The run's name only: clients need not learn the server's directory layout.
-    model_info = {**predictor.info(), "run": run.name, "limits": _limits(settings)}
+    model_info = {
+        **predictor.info(),
+        "run": run.name,
+        "card_url": "/model-card" if card is not None else None,
+        "limits": _limits(settings),
+    }
 
     app = FastAPI(
         title="animeprov",
         version=animeprov.__version__,
         summary="Was this anime image drawn by a person or generated, and by which generator?",
     )
+    app.state.run = run
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -423,6 +432,18 @@ def create_app(
     async def model() -> dict[str, Any]:
         """Classes, variant, version, thresholds and the server's upload limits."""
         return model_info
+
+    @app.get(
+        "/model-card",
+        tags=["model"],
+        responses={200: {"content": {"text/markdown": {}}}, 404: {"model": ErrorOut}},
+        response_class=Response,
+    )
+    async def model_card() -> Response:
+        """The model's card (Markdown): data, classes, figures, intended use and misuse, failure modes."""
+        if card is None:
+            raise HTTPException(404, f"run {run.name!r} has no model card (only bundled models ship one)")
+        return Response(card, media_type="text/markdown; charset=utf-8")
 
     @app.get("/v1/fingerprints", response_model=FingerprintsOut, tags=["fingerprints"])
     async def fingerprint_list() -> dict[str, Any]:

@@ -34,7 +34,15 @@ async function loadModelInfo() {
     state.fingerprints = await getJSON("/v1/fingerprints");
     const m = state.model;
     const calibrated = m.thresholds ? "calibrated verdicts" : "no calibration: class probabilities only";
-    info.textContent = `model ${m.variant} at ${m.size} px · classes: ${m.classes.join(", ")} · ${calibrated}`;
+    // Which model answers: a bundled model by its name and data, with its card; any other run by its folder.
+    const card = m.model_card;
+    const name = card ? `${card.name} (${card.data})` : `run ${m.run}`;
+    info.textContent = `model ${name}: ${m.variant} at ${m.size} px · classes: ${m.classes.join(", ")} · ${calibrated}`;
+    if (m.card_url === "/model-card") {
+      const link = el("a", null, "model card");
+      link.href = "/model-card";
+      info.append(" · ", link);
+    }
     const limits = m.limits || {};
     document.getElementById("limits").textContent =
       `Limits: ${(limits.max_upload_bytes / 1048576).toFixed(1)} MiB per upload, ` +
@@ -65,7 +73,9 @@ function renderVerdict(result) {
   verdict.dataset.verdict = result.verdict || "none";
   box.append(verdict);
   const views = result.n_views === 1 ? `1 view (${result.view})` : `${result.n_views} views (${result.view})`;
-  box.append(el("p", "small", `P(generated) = ${percent(result.p_generated)} · ${views}`));
+  const m = state.model;
+  const answered = m ? ` · judged by ${m.model_card ? m.model_card.name : "run " + m.run}` : "";
+  box.append(el("p", "small", `P(generated) = ${percent(result.p_generated)} · ${views}${answered}`));
   if (result.reason) box.append(el("p", "small reason", `Why unsure: ${result.reason}`));
   return box;
 }

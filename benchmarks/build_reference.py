@@ -1,0 +1,549 @@
+"""Build the reference model shipped in the package (src/animeprov/reference/), or check the shipped one.
+
+    # the real build: every visible real set (manifests from `animeprov data index`), default recipe, seed 0
+    python benchmarks/build_reference.py runs/data/anime-real-256.csv runs/data/anime-more-256.csv \\
+        runs/data/anime-vn-256.csv --description "visible real sets of ../shared/data" --work runs/reference
+    # the synthetic stand-in (`animeprov data synth`), which exercises every code path
+    python benchmarks/build_reference.py --synthetic 100 --work runs/reference
+    # rebuild with the settings the shipped bundle records and compare with its SHA256SUMS
+    python benchmarks/build_reference.py --check --work runs/reference-check
+
+Steps (each one the library call its CLI command makes): combine the manifests (`crossval.combine_manifests`:
+absolute paths, a `dataset` column, groups kept per manifest), split them 8:1:1 with groups whole and no class
+cap (`data.split.split_manifest`), train `recipe.train_config(DEFAULT_RECIPE, data=split, seed=...)` on the
+CPU with one thread (train calibrates on the val split and fits the familiarity check), evaluate on the test
+split (the random-split figures), compute the class fingerprints of the train split, then write the bundle:
+the run's config.json (made portable: no machine paths), model.safetensors, calibration.json,
+familiarity.safetensors, fingerprints/ (index.json and each class's luminance.npy), training-data.csv,
+reference.json, model-card.md (a copy of docs/model-card.md) and SHA256SUMS. Run it from the repository root.
+
+The same data, seed, recipe, library versions and CPU give the same bytes. Another CPU (other SIMD paths in
+oneDNN/OpenBLAS) or another torch/numpy/scipy changes float rounding, so the weights differ in their last
+bits and everything derived from them with them; `--check` then names what differs between the two builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its thread pools
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from animeprov import reference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "src" / "animeprov" / "reference"
+CARD_SOURCE = ROOT / "docs" / "model-card.md"
+# Columns of training-data.csv: enough to know which image the model saw, and under which licence.
+DATA_COLUMNS = ("dataset", "source", "class", "license", "name", "sha256", "split")
+# Files whose bytes say nothing about the model: excluded from the rebuild comparison.
+NOT_COMPARED = {reference.INFO_FILE}
+LICENCES_FILE = "LICENCES.md"  # named in pyproject.toml's license-files: the wheel's metadata carries it
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("manifests", nargs="*", help="manifest CSVs (from `animeprov data index`)")
+    parser.add_argument("--synthetic", type=int, metavar="N", help="build from N synthetic images per class")
+    parser.add_argument(
+        "--synthetic-size", type=int, help="synthetic image size (default: the recipe's size)"
+    )
+    parser.add_argument("--description", help="what the data is, for the card (default: the manifests)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the bundle folder to write")
+    parser.add_argument(
+        "--work", type=Path, help="scratch folder (default runs/reference, with --check runs/reference-check)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", help="training recipe (default: recipe.DEFAULT_RECIPE)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override")
+    parser.add_argument("--ratios", default="8:1:1", help="train:val:test")
+    parser.add_argument("--per-class", type=int, help="cap every class at this many images (default: none)")
+    parser.add_argument("--group-column", default="group", help="rows sharing a value stay in one split")
+    parser.add_argument("--device", default="cpu", help="cpu (default: the reproducible choice), cuda, auto")
+    parser.add_argument(
+        "--check", action="store_true", help="rebuild with the settings --out records and compare its sha256"
+    )
+    parser.add_argument(
+        "--tables", action="store_true", help="print the model card's tables from --out's reference.json"
+    )
+    args = parser.parse_args(argv)
+    args.work = args.work or ROOT / "runs" / ("reference-check" if args.check else "reference")
+    if args.check:
+        return check(args)
+    if args.tables:
+        info = reference.bundle_info(args.out)
+        if info is None:
+            raise SystemExit(f"{args.out}: no {reference.INFO_FILE}")
+        print(card_tables(info))
+        return 0
+    settings = settings_from(args)
+    build(settings, args.out, args.work)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Settings
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    """The build's settings as recorded in reference.json (what `--check` rebuilds with)."""
+    from animeprov.recipe import DEFAULT_RECIPE, parse_settings
+
+    if bool(args.manifests) == bool(args.synthetic):
+        raise SystemExit("give manifests or --synthetic N (one of the two)")
+    return {
+        "manifests": [_portable(Path(m)) for m in args.manifests],
+        "synthetic": args.synthetic,
+        "synthetic_size": args.synthetic_size,
+        "description": args.description,
+        "seed": args.seed,
+        "recipe": args.recipe or DEFAULT_RECIPE,
+        "overrides": parse_settings(args.set),
+        "ratios": [float(r) for r in args.ratios.split(":")],
+        "per_class": args.per_class,
+        "group_column": args.group_column,
+        "device": args.device,
+    }
+
+
+def _portable(path: Path) -> str:
+    """A manifest path relative to the repository root when it is under it (the build runs from there)."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(ROOT).as_posix()
+    except ValueError:
+        return os.path.relpath(resolved, ROOT)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.set_num_threads(1)  # one thread: reductions in a fixed order, so the same CPU gives the same bytes
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building
+
+
+def build(settings: dict, out: Path, work: Path) -> Path:
+    """Train and write the bundle to `out` (replaced as a whole); returns `out`."""
+    from animeprov.checkpoint import read_config
+    from animeprov.crossval import combine_manifests
+    from animeprov.data.manifest import write_rows
+    from animeprov.data.split import split_manifest
+    from animeprov.evaluation.evaluate import evaluate_run
+    from animeprov.recipe import recipe_values, train_config
+    from animeprov.train import train
+
+    _seed_everything(settings["seed"])
+    recipe = recipe_values(settings["recipe"], settings["overrides"])
+    if work.exists():
+        shutil.rmtree(work)  # a fresh build every time: resuming would not be byte-identical
+    work.mkdir(parents=True)
+    manifests = [ROOT / m for m in settings["manifests"]]
+    if settings["synthetic"]:
+        manifests = [_synthetic(work, settings, recipe["size"])]
+
+    # "class" is in every manifest: combine_manifests only insists that its `by` column is filled.
+    rows = combine_manifests(manifests, work / "data.csv", by="class")
+    if settings["synthetic"]:  # name the set, and its licence: the images are animeprov's own drawings
+        rows = [
+            {**row, "dataset": "synthetic", "license": "MIT (made by animeprov data synth)"} for row in rows
+        ]
+    group = settings["group_column"]
+    if any(group not in row for row in rows):
+        print(f"note: rows without a {group!r} column are groups of their own", file=sys.stderr)
+        rows = [{**row, group: row.get(group, "")} for row in rows]
+    largest = max(Counter(row["class"] for row in rows).values())
+    split_rows = split_manifest(
+        rows,
+        ratios=settings["ratios"],
+        per_class=settings["per_class"] or largest,  # no cap by default: every image trains or tests
+        seed=settings["seed"],
+        group_column=group,
+    )
+    split_csv = work / "split.csv"
+    write_rows(split_csv, split_rows, list(split_rows[0]))
+
+    config = train_config(
+        settings["recipe"],
+        overrides=settings["overrides"],
+        data=str(split_csv),
+        seed=settings["seed"],
+        device=settings["device"],
+        workers=0,
+    )
+    run = work / "run"
+    summary = train(config, run)
+    if not (run / "calibration.json").is_file():
+        raise SystemExit(f"{run}: training did not calibrate ({summary['calibration']}); no bundle written")
+    test = None
+    if any(row["split"] == "test" for row in split_rows):
+        report = evaluate_run(run, split_csv, work / "eval", split="test", device=settings["device"])
+        detection = report.get("detection") or {}
+        test = {
+            "n": report["n"],
+            "attribution_accuracy": report["attribution_accuracy"],
+            "macro_f1": report["macro_f1"],
+            "detection_accuracy": detection.get("accuracy"),
+            "detection_ap": detection.get("average_precision"),
+            "roc_auc": detection.get("roc_auc"),
+        }
+
+    staging = out.with_name(f".{out.name}.building")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    data_sha256 = _write_training_data(split_rows, staging / reference.DATA_FILE)
+    _write_run_files(run, staging, data_sha256)
+    _write_fingerprints(split_csv, read_config(run), staging / "fingerprints")
+    info = _reference_info(settings, split_rows, read_config(run), summary, test, staging)
+    (staging / reference.INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    _write_licences(info, staging / LICENCES_FILE)
+    if CARD_SOURCE.is_file():
+        shutil.copyfile(CARD_SOURCE, staging / reference.CARD_FILE)
+    reference.write_sums(staging)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    print(f"bundle written: {out} ({_size_mb(out):.2f} MB)")
+    return out
+
+
+def _synthetic(work: Path, settings: dict, recipe_size: int) -> Path:
+    from animeprov.data.synth import SIZE_MULTIPLE, generate_synthetic
+
+    size = settings["synthetic_size"] or max(recipe_size, 64)
+    size = -(-size // SIZE_MULTIPLE) * SIZE_MULTIPLE
+    return generate_synthetic(work / "synth", settings["synthetic"], size=size, seed=settings["seed"])
+
+
+def _write_training_data(rows: list[dict], path: Path) -> str:
+    """training-data.csv (portable: no machine paths); returns its sha256."""
+    import csv
+
+    from animeprov.io import sha256_file
+
+    lines = []
+    for row in rows:
+        lines.append(
+            {
+                "dataset": row["dataset"],
+                "source": row.get("source") or row["class"],
+                "class": row["class"],
+                "license": row.get("license", ""),
+                "name": Path(row["path"]).name,
+                "sha256": row.get("sha256") or sha256_file(row["path"]),
+                "split": row["split"],
+            }
+        )
+    lines.sort(key=lambda line: (line["dataset"], line["class"], line["name"], line["sha256"]))
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        writer = csv.DictWriter(handle, fieldnames=DATA_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(lines)
+    return sha256_file(path)
+
+
+def _write_run_files(run: Path, bundle: Path, data_sha256: str) -> None:
+    """The run's files, with machine paths replaced by training-data.csv and its sha256; the machine's
+    library versions go to reference.json (they are what a rebuild elsewhere differs in)."""
+    config = json.loads((run / "config.json").read_text())
+    config.pop("environment", None)
+    config.update(data=reference.DATA_FILE, data_sha256=data_sha256)
+    (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    calibration = json.loads((run / "calibration.json").read_text())
+    calibration["source"].update(data=reference.DATA_FILE, data_sha256=data_sha256)
+    (bundle / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
+    # model.safetensors as it is (calibration and familiarity name its sha256; its one metadata key has
+    # a fixed order), familiarity.safetensors with its metadata in a fixed order.
+    shutil.copyfile(run / "model.safetensors", bundle / "model.safetensors")
+    if (run / "familiarity.safetensors").is_file():
+        _copy_safetensors(run / "familiarity.safetensors", bundle / "familiarity.safetensors")
+
+
+def _copy_safetensors(source: Path, target: Path) -> None:
+    """Copy with the JSON header's keys sorted: safetensors writes metadata in hash order, which changes
+    from one process to the next, so the same tensors would not give the same sha256."""
+    data = source.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header with spaces to 8-byte alignment
+    target.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + length :])
+
+
+def _write_fingerprints(split_csv: Path, config: dict, folder: Path) -> None:
+    """The train split's class fingerprints at the model size: index.json and <class>/luminance.npy, what
+    `serve` shows (the PNG figures of `animeprov fingerprint` are left out: size, and matplotlib's bytes)."""
+    from animeprov.fingerprint import compute_fingerprints, labelled_images
+
+    prints = compute_fingerprints(labelled_images(split_csv, split="train"), size=config["size"])
+    index = {
+        "description": "mean log(|DCT-II ortho| + eps) of the luminance per class, centre crops, train split",
+        "size": config["size"],
+        "human_class": config.get("human_class"),
+        "source": {"data": reference.DATA_FILE, "split": "train"},
+        "classes": {},
+    }
+    for name, fingerprint in sorted(prints.items()):
+        index["classes"][name] = {"images": fingerprint.count}
+        if fingerprint.count:
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            np.save(folder / name / "luminance.npy", fingerprint.mean("luminance").astype(np.float32))
+    (folder / "index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def _reference_info(settings, rows, config, summary, test, bundle: Path) -> dict:
+    from animeprov.checkpoint import environment_info
+
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"train": 0, "val": 0, "test": 0})
+    sources: dict[tuple, dict] = {}
+    for row in rows:
+        counts[row["class"]][row["split"]] += 1
+        key = (row["dataset"], row.get("source") or row["class"], row["class"])
+        entry = sources.setdefault(
+            key,
+            {
+                "dataset": key[0],
+                "source": key[1],
+                "class": key[2],
+                "train": 0,
+                "val": 0,
+                "test": 0,
+                "licence": "",
+            },
+        )
+        entry[row["split"]] += 1
+        entry["licence"] = entry["licence"] or row.get("license", "")
+    calibration = json.loads((bundle / "calibration.json").read_text())
+    measured = calibration.get("measured", {})
+    if settings["synthetic"]:
+        built_from = (
+            f"SYNTHETIC STAND-IN: `animeprov data synth`, {settings['synthetic']} images per class "
+            "(procedural drawings, not real images); replace with the real-data build"
+        )
+    else:
+        built_from = settings["description"] or "manifests: " + ", ".join(settings["manifests"])
+    command = "python benchmarks/build_reference.py " + (
+        f"--synthetic {settings['synthetic']}" if settings["synthetic"] else " ".join(settings["manifests"])
+    )
+    return {
+        "name": reference.REFERENCE,
+        "built_from": built_from,
+        "synthetic": bool(settings["synthetic"]),
+        "recipe": settings["recipe"],
+        "overrides": settings["overrides"],
+        "seed": settings["seed"],
+        "variant": config["variant"],
+        "size": config["size"],
+        "classes": config["classes"],
+        "human_class": config.get("human_class"),
+        "counts": {name: counts[name] for name in sorted(counts)},
+        "sources": [sources[key] for key in sorted(sources)],
+        "test": test,
+        "training": {
+            "best_epoch": summary.get("best_epoch"),
+            "best_val_accuracy": summary.get("best_val_accuracy"),
+        },
+        "calibration": {
+            key: measured.get(key)
+            for key in ("n_human", "n_generated", "fpr", "fpr_upper_95", "tpr", "unsure_rate", "ece_after")
+        }
+        | {"target_fpr": calibration.get("target_fpr")},
+        "licences": {
+            "model": "MIT (the weights, like the code)",
+            "data": "per source in `sources` and training-data.csv; several sets are research use only",
+        },
+        "card": "docs/model-card.md",
+        "build": {"command": command, "args": settings, "environment": _environment(environment_info())},
+    }
+
+
+def _write_licences(info: dict, path: Path) -> None:
+    """The model's licence and, per source, the licence of the images it was trained on."""
+    lines = [
+        "# Licences of the bundled reference model",
+        "",
+        f"Built from: {info['built_from']}.",
+        "",
+        "- The model (model.safetensors, calibration.json, familiarity.safetensors, fingerprints/): MIT,",
+        "  like animeprov's code (LICENSE at the top of the repository).",
+        "- The taef2 decoder that made the decoder-trace training pairs (animeprov/weights/taef2): MIT, see",
+        "  its LICENSE.",
+        "- The training images are NOT shipped, only their file names and sha256 (training-data.csv).",
+        "  Their licences, per source, are below. Several sources are research use only, development use",
+        "  only or all rights reserved: the model learnt from them under research use; check them before",
+        "  any other use.",
+        "",
+        "| dataset | source | class | images | licence |",
+        "|---|---|---|---:|---|",
+    ]
+    for entry in info["sources"]:
+        images = entry["train"] + entry["val"] + entry["test"]
+        licence = " ".join(str(entry["licence"] or "not stated").split()).replace("|", "/")
+        lines.append(f"| {entry['dataset']} | {entry['source']} | {entry['class']} | {images} | {licence} |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def card_tables(info: dict) -> str:
+    """The card's figures that the build itself measures, as Markdown: data per source, random-split test
+    figures, calibration."""
+
+    def fmt(value, digits=3):
+        return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    lines = [f"Built from: {info['built_from']}; recipe `{info['recipe']}`, seed {info['seed']}.", ""]
+    lines += [
+        "| dataset | source | class | train | val | test | licence |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for e in info["sources"]:
+        licence = " ".join(str(e["licence"] or "not stated").split()).replace("|", "/")
+        cells = [e["dataset"], e["source"], e["class"], e["train"], e["val"], e["test"], licence]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    test = info.get("test") or {}
+    lines += [
+        "",
+        "| random split (test) | n | attribution accuracy | macro-F1 | detection accuracy | detection AP "
+        "| ROC-AUC |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        "| "
+        + " | ".join(
+            [info["name"]]
+            + [fmt(test.get(k)) for k in ("n", "attribution_accuracy", "macro_f1", "detection_accuracy")]
+            + [fmt(test.get(k)) for k in ("detection_ap", "roc_auc")]
+        )
+        + " |",
+    ]
+    cal = info.get("calibration") or {}
+    lines += [
+        "",
+        "| calibration (val split) | human images | generated images | target FPR | achieved FPR | "
+        "FPR 95% upper bound | TPR at the ai threshold | unsure rate | ECE after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| "
+        + " | ".join(
+            [info["name"]]
+            + [
+                fmt(cal.get(k))
+                for k in ("n_human", "n_generated", "target_fpr", "fpr", "fpr_upper_95", "tpr", "unsure_rate")
+            ]
+            + [fmt(cal.get("ece_after"))]
+        )
+        + " |",
+    ]
+    return "\n".join(lines)
+
+
+def _environment(info: dict) -> dict:
+    return {
+        **info,
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checking
+
+
+def check(args: argparse.Namespace) -> int:
+    """Rebuild with the settings the shipped bundle records and compare every file's sha256."""
+    shipped = args.out
+    info = reference.bundle_info(shipped)
+    if info is None:
+        raise SystemExit(f"{shipped}: no {reference.INFO_FILE}, nothing to check against")
+    reference.verify_bundle(shipped)  # the shipped files match their own SHA256SUMS
+    settings = settings_from(args) if (args.manifests or args.synthetic) else info["build"]["args"]
+    rebuilt = build(settings, Path(tempfile.mkdtemp(prefix="reference-check-")) / "bundle", args.work)
+    try:
+        ours, theirs = reference.read_sums(shipped), reference.read_sums(rebuilt)
+        names = sorted((set(ours) | set(theirs)) - NOT_COMPARED)
+        differ = [name for name in names if ours.get(name) != theirs.get(name)]
+        for name in names:
+            mark = "differs" if name in differ else "same"
+            print(
+                f"{mark:8} {name}  shipped {str(ours.get(name))[:12]}  rebuilt {str(theirs.get(name))[:12]}"
+            )
+        if not differ:
+            print(f"OK: the rebuilt bundle matches {shipped / reference.SUMS_FILE} ({len(names)} files)")
+            return 0
+        for line in explain(info, reference.bundle_info(rebuilt), differ, shipped, rebuilt):
+            print(line)
+        return 1
+    finally:
+        shutil.rmtree(rebuilt.parent, ignore_errors=True)
+
+
+def explain(
+    shipped_info: dict, rebuilt_info: dict, differ: list[str], shipped: Path, rebuilt: Path
+) -> list[str]:
+    """Why two builds differ, most basic cause first."""
+    lines = [f"MISMATCH in {len(differ)} file(s): {', '.join(differ)}"]
+    if reference.DATA_FILE in differ:
+        lines.append(
+            f"- the training data differs ({reference.DATA_FILE}): other images, manifests or split; "
+            f"compare the two lists: diff {shipped / reference.DATA_FILE} {rebuilt / reference.DATA_FILE}"
+        )
+    if "config.json" in differ:
+        old = json.loads((shipped / "config.json").read_text())
+        new = json.loads((rebuilt / "config.json").read_text())
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        lines.append(f"- the run's settings differ (config.json: {', '.join(keys)}), e.g. a changed recipe")
+    before = shipped_info.get("build", {}).get("environment", {})
+    now = rebuilt_info.get("build", {}).get("environment", {})
+    changed = [
+        f"{k} {before.get(k)} -> {now.get(k)}"
+        for k in sorted(before.keys() | now.keys())
+        if k != "git_commit" and before.get(k) != now.get(k)
+    ]
+    if changed:
+        lines.append(
+            "- this machine differs from the build machine: " + "; ".join(changed) + ". Another CPU or "
+            "library version rounds floats differently (other SIMD kernels), so the weights differ in their "
+            "last bits and the calibration, familiarity check and fingerprints with them: expected, and "
+            "not a sign of a broken build. Compare predictions instead."
+        )
+    elif not ({reference.DATA_FILE, "config.json"} & set(differ)):
+        lines.append(
+            "- same data, settings, libraries and CPU model, yet other bytes: nondeterminism in this build "
+            "(threads? a GPU device?); rerun with --device cpu and OMP_NUM_THREADS=1"
+        )
+    commit_before, commit_now = before.get("git_commit"), now.get("git_commit")
+    if commit_before != commit_now:
+        lines.append(f"- code: built at commit {commit_before}, rebuilt at {commit_now}")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
