@@ -249,3 +249,12 @@ def test_the_demo_ends_with_the_reference_model_on_its_images(tiny_split):
     assert [row.split(" | ")[1] for row in rows] == ["gen-a", "gen-b", "human"]  # one test image per class
     assert all(row.split(" | ")[2] in ("artist", "ai", "unsure") for row in rows)
     assert "--view pad" in text  # 32 px images are smaller than the reference model's input: padded
+
+
+def test_export_without_a_run_exports_the_reference_model(tmp_path):
+    pytest.importorskip("onnx")
+    out = tmp_path / "reference.onnx"
+    result = invoke("export", "--onnx", out, "--no-check")
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 0
+    assert invoke("export", make_run(tmp_path / "run"), "--model", "reference", "--onnx", out).exit_code == 2
