@@ -77,6 +77,7 @@ def _train_args(data: Path, out: Path) -> list[str]:
     return [
         "train",
         f"--data={data}",
+        "--recipe=paper",
         "--variant=cnn-dct-mask",
         "--size=32",
         "--epochs=2",

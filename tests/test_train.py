@@ -114,6 +114,8 @@ def test_cli_train_then_evaluate_writes_the_reports(tiny_split, tmp_path):
             "train",
             "--data",
             str(tiny_split),
+            "--recipe",
+            "paper",
             "--variant",
             "cnn-dct",
             "--size",
@@ -127,7 +129,9 @@ def test_cli_train_then_evaluate_writes_the_reports(tiny_split, tmp_path):
         ],
     )
     assert trained.exit_code == 0, trained.output
-    again = runner.invoke(app, ["train", "--data", str(tiny_split), "--epochs", "1", "--out", str(run)])
+    again = runner.invoke(
+        app, ["train", "--data", str(tiny_split), "--recipe", "paper", "--epochs", "1", "--out", str(run)]
+    )
     assert again.exit_code == 2 and "--resume" in again.output
 
     evaluated = runner.invoke(app, ["evaluate", str(run), "--data", str(tiny_split), "--out", str(out)])
@@ -183,3 +187,22 @@ def test_patch_recipe_trains_with_source_sampling_binary_loss_and_tiles(tiny_spl
     assert saved["view"] == "random" and saved["sampling"] == "source" and saved["binary_weight"] == 1.0
     assert summary["epochs_done"] == 2 and "calibrated" in summary["calibration"]
     assert (tmp_path / "run" / "familiarity.safetensors").exists()
+
+
+def test_cli_train_without_a_recipe_uses_the_default_one(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from animeprov.cli import app
+    from animeprov.recipe import DEFAULT_RECIPE, RECIPES
+    from conftest import write_tiny_split
+
+    monkeypatch.setenv("ANIMEPROV_CACHE", str(tmp_path / "cache"))
+    split = write_tiny_split(tmp_path / "data", size=72, per_class=10)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--data", str(split), "--epochs", "1", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    config = ckpt.read_config(run)
+    assert config["recipe"] == DEFAULT_RECIPE
+    assert {key: config[key] for key in RECIPES[DEFAULT_RECIPE]} == {**RECIPES[DEFAULT_RECIPE], "epochs": 1}
+    if RECIPES[DEFAULT_RECIPE]["pairs"]:  # the human images' reconstructions are a class of their own
+        assert "decoder-trace" in config["classes"] and any((tmp_path / "cache" / "taef2").iterdir())

@@ -243,8 +243,10 @@ def data_digest(rows: list[dict], by: str) -> str:
 def _check_settings(out: Path, config: CrossvalConfig, data_sha256: str) -> None:
     """A folder holds one cross-validation: refuse to mix results of other settings or data into it."""
     settings = {**asdict(config), "data_sha256": data_sha256}
-    # Seeds may be added later (each seed has its own folders); where it runs does not change results.
-    settings.pop("workers"), settings.pop("device"), settings.pop("seeds")
+    # Seeds and --only pick which folders to fill (each fold and seed has its own), and where it runs does
+    # not change results: none of them is a setting that must match.
+    for key in ("workers", "device", "seeds", "only"):
+        settings.pop(key)
     settings = json.loads(json.dumps(settings))
     path = out / "crossval.json"
     if path.exists():

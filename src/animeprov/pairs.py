@@ -30,7 +30,11 @@ PAIR_CLASS = AUXILIARY_CLASSES[0]  # the class of the reconstructions; `predict`
 PAIR_METHODS = ("taef2",)
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "taef2"
 SCALE = 8  # the decoder upsamples 8x: image sides are cut to a multiple of 8
-DEFAULT_CACHE = Path(os.environ.get("ANIMEPROV_CACHE", Path.home() / ".cache" / "animeprov")) / "taef2"
+
+
+def default_cache() -> Path:
+    """Where reconstructions are kept: $ANIMEPROV_CACHE/taef2, else ~/.cache/animeprov/taef2."""
+    return Path(os.environ.get("ANIMEPROV_CACHE") or Path.home() / ".cache" / "animeprov") / "taef2"
 
 
 def _conv(cin: int, cout: int, *, bias: bool = True, stride: int = 1) -> nn.Conv2d:
@@ -153,7 +157,7 @@ def cached_reconstructions(
     paths: list[Path],
     *,
     method: str = "taef2",
-    cache: Path = DEFAULT_CACHE,
+    cache: Path | None = None,
     on_image: Callable[[], None] | None = None,
 ) -> list[Path | None]:
     """The reconstruction of each file (a PNG in `cache`), made where missing; None for a file that cannot
@@ -161,6 +165,7 @@ def cached_reconstructions(
     so an interrupted run leaves no half-written file."""
     if method not in PAIR_METHODS:
         raise ValueError(f"unknown pair method {method!r}; choose one of {', '.join(PAIR_METHODS)}")
+    cache = cache or default_cache()
     cache.mkdir(parents=True, exist_ok=True)
     model: TinyAutoencoder | None = None
     out: list[Path | None] = []
@@ -188,7 +193,7 @@ def add_decoder_pairs(
     human_class: str,
     method: str = "taef2",
     source_column: str = "source",
-    cache: Path = DEFAULT_CACHE,
+    cache: Path | None = None,
     on_image: Callable[[], None] | None = None,
 ) -> tuple[list[dict], list[int], list[tuple[str, str]]]:
     """`rows` plus one PAIR_CLASS row per human row (its reconstruction), the pair key of every row (a twin

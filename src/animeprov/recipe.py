@@ -55,8 +55,33 @@ RECIPES: dict[str, dict[str, Any]] = {
         "binary_weight": 0.0,
         "pairs": "",
     },
+    # What held best on sources never seen (docs/results/generalisation.md): 64 px patches at random offsets
+    # (content matters less in a small patch; judged by pooling every tile), the DCT of the NPR residual
+    # (neighbouring-pixel traces of upsampling, little content), the same JPEG/WebP/resize/blur/noise for
+    # every class (no file-history shortcut), no patches that are mostly one flat fill (white surrounds),
+    # every source drawn equally often, a human-vs-generated loss term beside the per-class one, and
+    # human images paired with their own taef2 decoder reconstruction (content-matched decoder traces).
+    "traces": {
+        "variant": "cnn-npr-dct",
+        "size": 64,
+        "epochs": 8,
+        "batch_size": 32,
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "patience": 8,
+        "weighted_loss": False,
+        "augment": "jpeg,webp,blur,noise,resize,p=0.5",
+        "view": "random",
+        "views_per_image": 4,
+        "skip_flat": True,
+        "eval_view": "tiles",
+        "sampling": "source",
+        "binary_weight": 1.0,
+        "pairs": "taef2",
+    },
 }
-DEFAULT_RECIPE = "paper"
+DEFAULT_RECIPE = "traces"
 
 
 def recipe_values(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

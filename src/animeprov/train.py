@@ -243,11 +243,16 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
                 break
             train_set.set_epoch(epoch)  # new, reproducible augmentations each epoch
             sampler = distributed.train_sampler(train_set, seed=config.seed * 100_003, epoch=epoch)
-            if sampling_weights is not None:  # one draw per item, with replacement, seeded per epoch
+            if sampling_weights is not None:
+                # With replacement, seeded per epoch; under torchrun each rank draws its own equal share
+                # (independent draws, so every rank runs the same number of batches).
+                world = distributed.world_size()
                 sampler = torch.utils.data.WeightedRandomSampler(
                     sampling_weights,
-                    len(train_set),
-                    generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch),
+                    -(-len(train_set) // world),
+                    generator=torch.Generator().manual_seed(
+                        (config.seed * 100_003 + epoch) * world + distributed.rank()
+                    ),
                 )
             loader = make_loader(
                 train_set,
@@ -422,8 +427,6 @@ def _sampling_weights(
         return None
     if config.sampling != "source":
         raise ValueError(f"unknown sampling {config.sampling!r}; choose uniform or source")
-    if distributed.world_size() > 1:
-        raise ValueError("sampling='source' is not supported under torchrun yet; use sampling='uniform'")
     if config.human_class not in classes:
         raise ValueError(
             f"sampling='source' needs the human class {config.human_class!r} in the training data"
