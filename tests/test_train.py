@@ -190,11 +190,11 @@ def test_patch_recipe_trains_with_source_sampling_binary_loss_and_tiles(tiny_spl
 
 
 def test_cli_train_without_a_recipe_uses_the_default_one(tmp_path, monkeypatch):
+    from conftest import write_tiny_split
     from typer.testing import CliRunner
 
     from animeprov.cli import app
     from animeprov.recipe import DEFAULT_RECIPE, RECIPES
-    from conftest import write_tiny_split
 
     monkeypatch.setenv("ANIMEPROV_CACHE", str(tmp_path / "cache"))
     split = write_tiny_split(tmp_path / "data", size=72, per_class=10)
