@@ -127,18 +127,20 @@ def fold_split(
     seed: int,
 ) -> list[dict]:
     """Rows with a `split` column: test = the held-out sources; val = about `val_share` of the rest, whole
-    sources (val_by="source": a human and an AI share, so calibration sees sources it did not train on) or
-    whole groups per class (val_by="group"); train = the remainder."""
+    values of the column `val_by` (default "source": a human and an AI share, so calibration sees sources
+    it did not train on; falls back to `by` when rows have no such column) or whole groups per class
+    (val_by="group"); train = the remainder."""
     rng = random.Random(seed)
     test = set(held_out)
     rest = [row for row in rows if row[by] not in test]
     val_keys: set[str] = set()
-    if val_by == "source":
-        kinds = source_kinds(rest, by, human_class)
-        sizes = Counter(row[by] for row in rest)
+    if val_by != "group":
+        key = val_by if rest and val_by in rest[0] else by
+        kinds = source_kinds(rest, key, human_class)
+        sizes = Counter(row[key] for row in rest)
         classes_of: dict[str, set[str]] = defaultdict(set)
         for row in rest:
-            classes_of[row[by]].add(row["class"])
+            classes_of[row[key]].add(row["class"])
         for kind in ("human", "ai"):
             names = sorted(n for n in sizes if kinds[n] == kind)
             rng.shuffle(names)
@@ -152,8 +154,7 @@ def fold_split(
                 if classes_of[name] <= training:
                     val_keys.add(name)
                     taken += sizes[name]
-        key = by
-    elif val_by == "group":
+    else:
         key = "group" if rest and "group" in rest[0] else "path"
         by_class: dict[str, list[str]] = defaultdict(list)
         for row in rest:
@@ -163,8 +164,6 @@ def fold_split(
             groups.sort()
             rng.shuffle(groups)
             val_keys.update(groups[: max(1, round(val_share * len(groups)))] if len(groups) > 1 else [])
-    else:
-        raise ValueError(f"unknown val_by {val_by!r}; choose source or group")
     out = []
     for row in rows:
         split = "test" if row[by] in test else "val" if row[key] in val_keys else "train"

@@ -22,7 +22,9 @@ def crossval(
     ),
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
     val_by: str = typer.Option(
-        "source", help="source: validate and calibrate on training sources held out; group: random groups."
+        "source",
+        help="Column whose values are held out of training for validation and calibration (default source, "
+        "else --by), or 'group': random groups.",
     ),
     val_share: float = typer.Option(0.15, min=0.01, max=0.5, help="Share of the training images for val."),
     human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
