@@ -258,3 +258,18 @@ def test_export_without_a_run_exports_the_reference_model(tmp_path):
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 0
     assert invoke("export", make_run(tmp_path / "run"), "--model", "reference", "--onnx", out).exit_code == 2
+
+
+def test_the_page_names_the_reference_model_and_links_its_card(live_server, page, tmp_path):
+    from playwright.sync_api import expect
+
+    from animeprov.serve import create_app
+
+    url = live_server(create_app("reference", device="cpu"))
+    page.goto(url)
+    info = page.locator("#model-info")
+    expect(info).to_contain_text("model reference (")
+    expect(info.get_by_role("link", name="model card")).to_have_attribute("href", "/model-card")
+    size = Predictor.reference(device="cpu").size
+    page.set_input_files("#file-input", str(fixed_image(tmp_path / "fixed.png", size)))
+    expect(page.locator("#results")).to_contain_text("judged by reference")
