@@ -154,6 +154,10 @@ def build(settings: dict, out: Path, work: Path) -> Path:
     if work.exists():
         shutil.rmtree(work)  # a fresh build every time: resuming would not be byte-identical
     work.mkdir(parents=True)
+    # Decoder-trace pairs (recipe `pairs`) are made in a cache of this build's own, never read from an
+    # earlier run's: loading the decoder draws from torch's random generator, so whether the cache was
+    # warm would change the weights' initialisation.
+    os.environ["ANIMEPROV_CACHE"] = str(work / "cache")
     manifests = [ROOT / m for m in settings["manifests"]]
     if settings["synthetic"]:
         manifests = [_synthetic(work, settings, recipe["size"])]
@@ -456,7 +460,23 @@ def _environment(info: dict) -> dict:
         "cpu": _cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "torch_cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
+        "code_sha256": _code_sha256(),
     }
+
+
+def _code_sha256() -> str:
+    """One sha256 over animeprov's Python files (the code that trains): equal code, equal digest, whatever
+    the git commit (committing the bundle itself moves the commit)."""
+    import hashlib
+
+    from animeprov.io import sha256_file
+
+    package = ROOT / "src" / "animeprov"
+    lines = [
+        f"{path.relative_to(package).as_posix()} {sha256_file(path)}"
+        for path in sorted(package.rglob("*.py"))
+    ]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _cpu_model() -> str:
@@ -522,10 +542,17 @@ def explain(
         lines.append(f"- the run's settings differ (config.json: {', '.join(keys)}), e.g. a changed recipe")
     before = shipped_info.get("build", {}).get("environment", {})
     now = rebuilt_info.get("build", {}).get("environment", {})
+    code = ("git_commit", "code_sha256")
+    if before.get("code_sha256") != now.get("code_sha256"):
+        lines.append(
+            "- the code differs (sha256 of src/animeprov/**/*.py): built at commit "
+            f"{before.get('git_commit')}, rebuilt at {now.get('git_commit')} (plus any uncommitted changes); "
+            "a change to the training code changes the weights: rebuild the bundle with this code"
+        )
     changed = [
-        f"{k} {before.get(k)} -> {now.get(k)}"
-        for k in sorted(before.keys() | now.keys())
-        if k != "git_commit" and before.get(k) != now.get(k)
+        f"{key} {before.get(key)} -> {now.get(key)}"
+        for key in sorted(before.keys() | now.keys())
+        if key not in code and before.get(key) != now.get(key)
     ]
     if changed:
         lines.append(
@@ -534,14 +561,11 @@ def explain(
             "last bits and the calibration, familiarity check and fingerprints with them: expected, and "
             "not a sign of a broken build. Compare predictions instead."
         )
-    elif not ({reference.DATA_FILE, "config.json"} & set(differ)):
+    if len(lines) == 1:
         lines.append(
-            "- same data, settings, libraries and CPU model, yet other bytes: nondeterminism in this build "
-            "(threads? a GPU device?); rerun with --device cpu and OMP_NUM_THREADS=1"
+            "- same data, settings, code, libraries and CPU model, yet other bytes: nondeterminism in this "
+            "build (threads? a GPU device?); rerun with --device cpu and OMP_NUM_THREADS=1"
         )
-    commit_before, commit_now = before.get("git_commit"), now.get("git_commit")
-    if commit_before != commit_now:
-        lines.append(f"- code: built at commit {commit_before}, rebuilt at {commit_now}")
     return lines
 
 

@@ -238,6 +238,12 @@ def test_check_explains_a_mismatch_by_what_differs(tmp_path):
     assert any("cpu A -> B" in line and "rounds floats differently" in line for line in lines)
     lines = module.explain(shipped, shipped, ["config.json"], tmp_path / "a", tmp_path / "b")
     assert any("settings differ (config.json: epochs)" in line for line in lines)
+    other_code = {"build": {"environment": {**shipped["build"]["environment"], "code_sha256": "x"}}}
+    lines = module.explain(shipped, other_code, ["model.safetensors"], tmp_path / "a", tmp_path / "b")
+    assert any("the code differs" in line for line in lines)
+    assert not any("nondeterminism" in line for line in lines)
+    lines = module.explain(shipped, shipped, ["model.safetensors"], tmp_path / "a", tmp_path / "b")
+    assert any("nondeterminism" in line for line in lines)  # nothing else differs
 
 
 def test_the_demo_ends_with_the_reference_model_on_its_images(tiny_split):
