@@ -342,9 +342,7 @@ def _reference_info(settings, rows, config, summary, test, bundle: Path) -> dict
         )
     else:
         built_from = settings["description"] or "manifests: " + ", ".join(settings["manifests"])
-    command = "python benchmarks/build_reference.py " + (
-        f"--synthetic {settings['synthetic']}" if settings["synthetic"] else " ".join(settings["manifests"])
-    )
+    command = build_command(settings)
     return {
         "name": reference.REFERENCE,
         "built_from": built_from,
@@ -375,6 +373,27 @@ def _reference_info(settings, rows, config, summary, test, bundle: Path) -> dict
         "card": "docs/model-card.md",
         "build": {"command": command, "args": settings, "environment": _environment(environment_info())},
     }
+
+
+def build_command(settings: dict) -> str:
+    """The command line that gives `settings` (what reference.json records as build.command)."""
+    import shlex
+
+    args = list(settings["manifests"])
+    if settings["synthetic"]:
+        args += ["--synthetic", str(settings["synthetic"])]
+        if settings["synthetic_size"]:
+            args += ["--synthetic-size", str(settings["synthetic_size"])]
+    if settings["description"]:
+        args += ["--description", settings["description"]]
+    args += ["--seed", str(settings["seed"]), "--recipe", settings["recipe"]]
+    for field, value in settings["overrides"].items():
+        args += ["--set", f"{field}={json.dumps(value) if not isinstance(value, str) else value}"]
+    args += ["--ratios", ":".join(f"{r:g}" for r in settings["ratios"])]
+    if settings["per_class"]:
+        args += ["--per-class", str(settings["per_class"])]
+    args += ["--group-column", settings["group_column"], "--device", settings["device"]]
+    return "python benchmarks/build_reference.py " + shlex.join(args)
 
 
 def _write_licences(info: dict, path: Path) -> None:

@@ -209,6 +209,9 @@ def test_build_script_builds_a_bundle_that_its_check_reproduces(tmp_path):
     info = reference.bundle_info(bundle)
     assert info["synthetic"] and "SYNTHETIC" in info["built_from"]
     assert info["build"]["args"]["overrides"]["size"] == 32
+    assert (
+        "--synthetic 10 --seed 0" in info["build"]["command"] and "--set size=32" in info["build"]["command"]
+    )
     predictor = Predictor.from_checkpoint(bundle, device="cpu")  # a usable, calibrated run
     assert predictor.calibration is not None and predictor.size == 32
     assert (bundle / "LICENCES.md").is_file() and (bundle / "fingerprints" / "index.json").is_file()
