@@ -49,6 +49,7 @@ CARD_SOURCE = ROOT / "docs" / "model-card.md"
 DATA_COLUMNS = ("dataset", "source", "class", "license", "name", "sha256", "split")
 # Files whose bytes say nothing about the model: excluded from the rebuild comparison.
 NOT_COMPARED = {reference.INFO_FILE}
+WORK_MARKER = ".build_reference"  # marks --work as this script's, so that a rebuild may delete it
 LICENCES_FILE = "LICENCES.md"  # named in pyproject.toml's license-files: the wheel's metadata carries it
 
 
@@ -151,9 +152,14 @@ def build(settings: dict, out: Path, work: Path) -> Path:
 
     _seed_everything(settings["seed"])
     recipe = recipe_values(settings["recipe"], settings["overrides"])
+    _check_replaceable(work, WORK_MARKER, "--work")
+    _check_replaceable(out, reference.SUMS_FILE, "--out")
     if work.exists():
         shutil.rmtree(work)  # a fresh build every time: resuming would not be byte-identical
     work.mkdir(parents=True)
+    (work / WORK_MARKER).write_text(
+        "scratch folder of benchmarks/build_reference.py: replaced by each build\n"
+    )
     # Decoder-trace pairs (recipe `pairs`) are made in a cache of this build's own, never read from an
     # earlier run's: loading the decoder draws from torch's random generator, so whether the cache was
     # warm would change the weights' initialisation.
@@ -226,6 +232,14 @@ def build(settings: dict, out: Path, work: Path) -> Path:
     staging.rename(out)
     print(f"bundle written: {out} ({_size_mb(out):.2f} MB)")
     return out
+
+
+def _check_replaceable(folder: Path, marker: str, option: str) -> None:
+    """Refuse to delete a folder that this script did not write (it holds no `marker`) unless it is empty."""
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / marker).is_file():
+        raise SystemExit(
+            f"{option} {folder}: not empty and not written by this script (no {marker}); choose another"
+        )
 
 
 def _synthetic(work: Path, settings: dict, recipe_size: int) -> Path:

@@ -282,3 +282,14 @@ def test_the_page_names_the_reference_model_and_links_its_card(live_server, page
     size = Predictor.reference(device="cpu").size
     page.set_input_files("#file-input", str(fixed_image(tmp_path / "fixed.png", size)))
     expect(page.locator("#results")).to_contain_text("judged by reference")
+
+
+def test_build_script_never_deletes_a_folder_it_did_not_write(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    result = run_script("--synthetic", 10, "--work", precious, "--out", tmp_path / "bundle")
+    assert result.returncode != 0 and "not written by this script" in result.stderr
+    assert (precious / "notes.txt").read_text() == "mine"
+    result = run_script("--synthetic", 10, "--work", tmp_path / "work", "--out", precious)
+    assert result.returncode != 0 and (precious / "notes.txt").is_file()
