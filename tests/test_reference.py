@@ -125,6 +125,7 @@ def test_run_and_paths_tells_a_run_folder_from_images(tmp_path):
     assert reference.run_and_paths(None, [str(run), "a.png"]) == (str(run), ["a.png"])
     assert reference.run_and_paths(None, [str(images), "a.png"]) == ("reference", [str(images), "a.png"])
     assert reference.run_and_paths(str(run), ["a.png"]) == (str(run), ["a.png"])
+    assert reference.run_and_paths(None, ["reference", "a.png"]) == ("reference", ["a.png"])
     with pytest.raises(ValueError, match="give one"):
         reference.run_and_paths("reference", [str(run), "a.png"])
     with pytest.raises(ValueError, match="no image paths"):

@@ -164,10 +164,11 @@ def card_text(folder: str | os.PathLike) -> str | None:
 def run_and_paths(model: str | None, args: list[str]) -> tuple[str, list[str]]:
     """`predict [RUN] PATHS... [--model M]` -> (model, image paths). The first argument is the run when it
     is a run folder (config.json and model.safetensors; an image folder has neither), as before bundled
-    models existed; else --model, else the reference model. Raises ValueError when the model is given twice
-    or no image path is left."""
+    models existed, or a bundled model's name that is no file here; else --model, else the reference
+    model. Raises ValueError when the model is given twice or no image path is left."""
     run: str = model or REFERENCE
-    if args and is_run_folder(args[0]):
+    named = bool(args) and args[0] in bundled_models() and not os.path.exists(args[0])
+    if args and (is_run_folder(args[0]) or named):  # `predict reference x.png` too, like `serve reference`
         if model is not None:
             raise ValueError(f"{args[0]} is a run folder and --model {model} names another: give one")
         run, args = args[0], args[1:]
