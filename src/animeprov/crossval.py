@@ -61,8 +61,8 @@ class CrossvalConfig:
 
 
 def combine_manifests(manifests: Sequence[str | Path], out_csv: Path, by: str) -> list[dict]:
-    """One CSV of every row of `manifests` with absolute paths, a `dataset` column (the CSV's stem) and
-    groups prefixed by it.
+    """One CSV of every row of `manifests` with absolute paths, a `dataset` column (the CSV's stem, which
+    `by` may name) and groups prefixed by it.
 
     Raises ValueError when a manifest lacks the `by` column or a row has no value in it."""
     rows: list[dict] = []
@@ -71,12 +71,12 @@ def combine_manifests(manifests: Sequence[str | Path], out_csv: Path, by: str) -
         part = list(read_rows(manifest))
         if not part:
             raise ValueError(f"{manifest}: no rows")
-        if by not in part[0]:
+        if by not in (*part[0], "dataset"):
             raise ValueError(f"{manifest}: no {by!r} column to hold out by (columns: {', '.join(part[0])})")
         for row in part:
+            row = {**row, "path": str(image_path(manifest, row).resolve()), "dataset": Path(manifest).stem}
             if not row[by]:
                 raise ValueError(f"{manifest}: row {row['path']} has no {by!r} value")
-            row = {**row, "path": str(image_path(manifest, row).resolve()), "dataset": Path(manifest).stem}
             if row.get("group"):  # group ids are per manifest (g00001...): keep them apart
                 row["group"] = f"{row['dataset']}:{row['group']}"
             row.pop(SPLIT_COLUMN, None)
