@@ -180,6 +180,7 @@ def test_combine_manifests_makes_paths_absolute_and_needs_the_column(tmp_path):
     assert all(Path(row["path"]).is_absolute() and Path(row["path"]).exists() for row in rows)
     assert {row["dataset"] for row in rows} == {"manifest"}
     assert rows[0]["group"] == "manifest:h10"  # another manifest's "h10" is another group
+    assert combine_manifests([manifest], tmp_path / "all.csv", "dataset")  # whole manifests held out
     with pytest.raises(ValueError, match="no 'artist' column"):
         combine_manifests([manifest], tmp_path / "all.csv", "artist")
 
