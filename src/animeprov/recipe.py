@@ -59,8 +59,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # (content matters less in a small patch; judged by pooling every tile), the DCT of the NPR residual
     # (neighbouring-pixel traces of upsampling, little content), the same JPEG/WebP/resize/blur/noise for
     # every class (no file-history shortcut), no patches that are mostly one flat fill (white surrounds),
-    # every source drawn equally often, a human-vs-generated loss term beside the per-class one, and
-    # human images paired with their own taef2 decoder reconstruction (content-matched decoder traces).
+    # every source drawn equally often, and a human-vs-generated loss term beside the per-class one.
+    # Decoder-trace pairs (pairs="taef2") lowered it in the ablation and are left out.
     "traces": {
         "variant": "cnn-npr-dct",
         "size": 64,
@@ -78,7 +78,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "eval_view": "tiles",
         "sampling": "source",
         "binary_weight": 1.0,
-        "pairs": "taef2",
+        "pairs": "",
     },
 }
 DEFAULT_RECIPE = "traces"
