@@ -143,7 +143,6 @@ def _seed_everything(seed: int) -> None:
 def build(settings: dict, out: Path, work: Path) -> Path:
     """Train and write the bundle to `out` (replaced as a whole); returns `out`."""
     from animeprov.checkpoint import read_config
-    from animeprov.crossval import combine_manifests
     from animeprov.data.manifest import write_rows
     from animeprov.data.split import split_manifest
     from animeprov.evaluation.evaluate import evaluate_run
@@ -168,8 +167,7 @@ def build(settings: dict, out: Path, work: Path) -> Path:
     if settings["synthetic"]:
         manifests = [_synthetic(work, settings, recipe["size"])]
 
-    # "class" is in every manifest: combine_manifests only insists that its `by` column is filled.
-    rows = combine_manifests(manifests, work / "data.csv", by="class")
+    rows = _combine(manifests, work)
     if settings["synthetic"]:  # name the set, and its licence: the images are animeprov's own drawings
         rows = [
             {**row, "dataset": "synthetic", "license": "MIT (made by animeprov data synth)"} for row in rows
@@ -187,7 +185,7 @@ def build(settings: dict, out: Path, work: Path) -> Path:
         group_column=group,
     )
     split_csv = work / "split.csv"
-    write_rows(split_csv, split_rows, list(split_rows[0]))
+    write_rows(split_csv, split_rows, list(dict.fromkeys(key for row in split_rows for key in row)))
 
     config = train_config(
         settings["recipe"],
@@ -232,6 +230,24 @@ def build(settings: dict, out: Path, work: Path) -> Path:
     staging.rename(out)
     print(f"bundle written: {out} ({_size_mb(out):.2f} MB)")
     return out
+
+
+def _combine(manifests: list[Path], work: Path) -> list[dict]:
+    """Every manifest's rows with absolute paths (`crossval.combine_manifests`), `dataset` named after the
+    CSV, or after its folder for a `<set>/manifest.csv` (as in ../shared/data, where every CSV has that
+    name), and groups kept apart per dataset."""
+    from animeprov.crossval import combine_manifests
+
+    rows: list[dict] = []
+    for number, manifest in enumerate(manifests):
+        name = manifest.parent.name if manifest.stem == "manifest" else manifest.stem
+        # "class" is in every manifest: combine_manifests only insists that its `by` column is filled.
+        for row in combine_manifests([manifest], work / f"data-{number}.csv", by="class"):
+            row["dataset"] = name
+            if row.get("group"):
+                row["group"] = f"{name}:{row['group'].partition(':')[2]}"
+            rows.append(row)
+    return rows
 
 
 def _check_replaceable(folder: Path, marker: str, option: str) -> None:
