@@ -211,3 +211,13 @@ def test_stability_variants():
     assert jpeg.shape == pixels.shape and not np.array_equal(jpeg, pixels)
     with pytest.raises(ValueError, match="unknown stability check"):
         stability_variant(pixels, "rotate:90", 32)
+
+
+def test_loading_the_autoencoder_leaves_the_callers_random_stream_alone():
+    from animeprov.pairs import TinyAutoencoder
+
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    TinyAutoencoder()
+    assert torch.equal(torch.rand(3), expected)

@@ -122,8 +122,11 @@ class TinyAutoencoder(nn.Module):
 
     def __init__(self, weights_dir: Path = WEIGHTS_DIR) -> None:
         super().__init__()
-        self.encoder = taef2_encoder()
-        self.decoder = taef2_decoder()
+        # Built under a forked RNG: the random initialisation (overwritten by the weights below) must not
+        # consume the caller's random stream, or training would depend on whether the cache was warm.
+        with torch.random.fork_rng():
+            self.encoder = taef2_encoder()
+            self.decoder = taef2_decoder()
         for name, part in (("encoder", self.encoder), ("decoder", self.decoder)):
             state = load_file(str(weights_dir / f"taef2_{name}.safetensors"))
             part.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
