@@ -123,8 +123,7 @@ def write_table(work: Path) -> None:
         "attribution_accuracy",
     ]
 
-    def cell(stat: dict) -> str:
-        return "n/a" if stat["mean"] is None else f"{stat['mean']:.3f} ± {stat['sd']:.3f}"
+    from animeprov.crossval import _fmt as cell
 
     lines = ["| recipe | " + " | ".join(keys) + " |", "| :--- |" + " ---: |" * len(keys)]
     lines += [f"| {row['row']} | " + " | ".join(cell(row[k]) for k in keys) + " |" for row in table]

@@ -482,6 +482,8 @@ def build_report(
 def _fmt(stat: dict[str, Any], digits: int = 3) -> str:
     if stat["mean"] is None:
         return "n/a"
+    if stat["n_seeds"] < 2:  # one seed has no spread to show
+        return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
 
 
