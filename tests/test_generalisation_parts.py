@@ -221,3 +221,12 @@ def test_loading_the_autoencoder_leaves_the_callers_random_stream_alone():
     torch.manual_seed(3)
     TinyAutoencoder()
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_tiles_of_an_image_that_no_longer_matches_its_manifest_are_an_error_not_a_crash(tmp_path):
+    csv_path, rows = _tree(tmp_path, n=1)
+    rows[0]["width"] = rows[0]["height"] = 64  # the manifest says 64 px, the file is 32 px
+    tiles = ImageDataset(csv_path, rows, ["gen", "human"], 16, view="tiles")
+    assert len(tiles) == 16
+    view, _, _, error = tiles[15]
+    assert view is None and "does not match" in error[1]

@@ -58,8 +58,6 @@ VARIANTS: dict[str, VariantSpec] = {
     )
 }
 
-PAPER_VARIANTS = tuple(VARIANTS)[:6]
-
 
 def get_variant(name: str) -> VariantSpec:
     try:

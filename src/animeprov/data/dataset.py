@@ -47,7 +47,6 @@ def class_names_of(rows: list[dict]) -> list[str]:
     return sorted({row["class"] for row in rows})
 
 
-TRAIN_VIEWS = ("crop", "random")  # what a training set may use; evaluation uses "crop" or "tiles"
 DATASET_VIEWS = ("crop", "tiles", "random")
 
 # A patch is "flat" when more than this share of its pixels equal their right-hand neighbour exactly: pure
@@ -150,9 +149,10 @@ class ImageDataset(Dataset):
         try:
             return int(row["height"]), int(row["width"])
         except (KeyError, TypeError, ValueError):
-            try:
+            try:  # the header only; EXIF orientations 5-8 turn the image a quarter, as load_image does
                 with Image.open(self.paths[index]) as image:
-                    return image.height, image.width
+                    turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+                    return (image.width, image.height) if turned else (image.height, image.width)
             except (OSError, Image.DecompressionBombError):
                 return 0, 0  # not readable: __getitem__ reports it through load_image
 
@@ -162,10 +162,6 @@ class ImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def row_labels(self) -> list[int]:
-        """The label of each item's row, item by item (for samplers)."""
-        return [self.labels[row] for row, _, _ in self.items]
 
     def item_rows(self) -> list[int]:
         return [row for row, _, _ in self.items]
@@ -200,6 +196,12 @@ class ImageDataset(Dataset):
             elif corner is not None:
                 top, left = corner
                 view = pixels[top : top + self.size, left : left + self.size].copy()
+                if view.shape[:2] != (self.size, self.size):
+                    raise ImageError(
+                        str(path),
+                        f"{pixels.shape[1]}x{pixels.shape[0]} image does not match its "
+                        "manifest's width/height (changed since indexed?)",
+                    )
             else:
                 view = make_views(pixels, self.size, "crop", path=str(path))[0]
         except ImageError as error:
