@@ -205,3 +205,23 @@ def test_scan_passes_predict_errors_through(tmp_path, tiny_run):
     report = tmp_path / "scan.html"
     result = runner.invoke(app, ["scan", str(tiny_run), str(tmp_path / "nowhere"), "--report", str(report)])
     assert result.exit_code == 2 and "nowhere: no such file" in said(result) and not report.exists()
+
+
+def test_scan_without_a_run_uses_the_reference_model(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from animeprov.cli import app
+
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    report = tmp_path / "scan.html"
+    result = CliRunner().invoke(app, ["scan", str(folder), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "reference" in result.output and report.is_file()
+    rows = (tmp_path / "scan.jsonl").read_text().splitlines()
+    assert len(rows) == 2

@@ -1,6 +1,6 @@
-"""`animeprov scan RUN PATHS... --report scan.html` and `animeprov report PREDS.jsonl --out scan.html`.
+"""`animeprov scan [RUN] PATHS... --report scan.html` and `animeprov report PREDS.jsonl --out scan.html`.
 
-`scan` is `animeprov predict RUN PATHS --out PREDS.jsonl` (the same command, so the same streaming, resuming
+`scan` is `animeprov predict [RUN] PATHS --out PREDS.jsonl` (the reference model without a run) (the same command, so the same streaming, resuming
 and heatmaps) followed by `report`, which renders a predictions file (from `predict`, `predict-merge` or
 `scan`) as one self-contained HTML page (animeprov.reports.scan).
 """
@@ -58,8 +58,15 @@ def report(
 
 
 def scan(
-    run: Path = typer.Argument(..., help="Run folder (from `animeprov train` or `animeprov enroll`)."),
-    paths: list[str] = typer.Argument(..., help="Image files, folders, or quoted glob patterns."),
+    paths: list[str] = typer.Argument(
+        ...,
+        metavar="[RUN] PATHS...",
+        help="Image files, folders, or quoted glob patterns, optionally after a run folder (from `animeprov "
+        "train` or `animeprov enroll`). Without a run, --model.",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="reference (the model shipped with animeprov, the default) or a run folder."
+    ),
     report_path: Path = typer.Option(..., "--report", help="HTML report to write."),
     out: Path | None = typer.Option(
         None,
@@ -79,6 +86,13 @@ def scan(
     import typer.main
 
     from animeprov.cli.predict_command import predict
+    from animeprov.reference import resolve_run, run_and_paths
+
+    try:
+        chosen, paths = run_and_paths(model, paths)
+        run = resolve_run(chosen)  # the folder whose card the report shows
+    except (ValueError, FileNotFoundError) as error:
+        raise fail(error) from None
 
     preds = out or report_path.with_suffix(".jsonl")
     if preds.suffix.lower() == ".csv":
@@ -89,7 +103,7 @@ def scan(
     # The predict command itself, through Click, so its options keep their defaults and checks.
     command = typer.Typer()
     command.command()(predict)
-    args = [str(run), *paths, "--out", str(preds), "--format", "jsonl", "--view", view]
+    args = [*paths, "--model", str(chosen), "--out", str(preds), "--format", "jsonl", "--view", view]
     args += [
         "--batch-size",
         str(batch_size),
