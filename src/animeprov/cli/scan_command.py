@@ -1,8 +1,8 @@
 """`animeprov scan [RUN] PATHS... --report scan.html` and `animeprov report PREDS.jsonl --out scan.html`.
 
-`scan` is `animeprov predict [RUN] PATHS --out PREDS.jsonl` (the reference model without a run) (the same command, so the same streaming, resuming
-and heatmaps) followed by `report`, which renders a predictions file (from `predict`, `predict-merge` or
-`scan`) as one self-contained HTML page (animeprov.reports.scan).
+`scan` is `animeprov predict [RUN] PATHS --out PREDS.jsonl` (the reference model without a run; the same
+command, so the same streaming, resuming and heatmaps) followed by `report`, which renders a predictions
+file (from `predict`, `predict-merge` or `scan`) as one self-contained HTML page (animeprov.reports.scan).
 """
 
 from __future__ import annotations
