@@ -123,7 +123,7 @@ def write_table(work: Path) -> None:
         "attribution_accuracy",
     ]
 
-    from animeprov.crossval import _fmt as cell
+    from animeprov.crossval import format_stat as cell
 
     lines = ["| recipe | " + " | ".join(keys) + " |", "| :--- |" + " ---: |" * len(keys)]
     lines += [f"| {row['row']} | " + " | ".join(cell(row[k]) for k in keys) + " |" for row in table]

@@ -479,7 +479,8 @@ def build_report(
 # Writing
 
 
-def _fmt(stat: dict[str, Any], digits: int = 3) -> str:
+def format_stat(stat: dict[str, Any], digits: int = 3) -> str:
+    """A `_mean_sd` entry as "mean ± sd" (the mean alone for one seed, "n/a" for none)."""
     if stat["mean"] is None:
         return "n/a"
     if stat["n_seeds"] < 2:  # one seed has no spread to show
@@ -519,7 +520,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         "| metric | value |",
         "| :--- | ---: |",
         *(
-            f"| {label} | {_fmt(report['pooled'][key])} |"
+            f"| {label} | {format_stat(report['pooled'][key])} |"
             for key, label in POOLED_LABELS.items()
             if key in report["pooled"]
         ),
@@ -531,10 +532,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     ]
     for name, entry in sorted(report["sources"].items(), key=lambda item: (item[1]["kind"], item[0])):
         lines.append(
-            f"| {name} | {entry['kind']} | {entry['n']} | {_fmt(entry['correct_at_0.5'], 2)} | "
-            f"{_fmt(entry['mean_p_generated'], 2)} | {_fmt(entry['artist'], 1)} | "
-            f"{_fmt(entry['unsure'], 1)} | "
-            f"{_fmt(entry['ai'], 1)} |"
+            f"| {name} | {entry['kind']} | {entry['n']} | {format_stat(entry['correct_at_0.5'], 2)} | "
+            f"{format_stat(entry['mean_p_generated'], 2)} | {format_stat(entry['artist'], 1)} | "
+            f"{format_stat(entry['unsure'], 1)} | "
+            f"{format_stat(entry['ai'], 1)} |"
         )
     ensemble = report.get("ensemble")
     if ensemble and "roc_auc" in ensemble:

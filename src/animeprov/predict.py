@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ from animeprov.io import (
     LoadRules,
     load_image,
     make_views,
+    read_file,
     sha256_file,
     tile_grid,
 )
@@ -117,21 +117,6 @@ def aggregate_log_probs(log_probs: np.ndarray) -> np.ndarray:
     return softmax(np.asarray(log_probs, dtype=np.float64).mean(axis=0))
 
 
-def _read_file(path: str) -> bytes:
-    """A regular file's bytes; anything else (missing, folder, FIFO) raises load_image's ImageError."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        info = None
-    if info is None or not stat.S_ISREG(info.st_mode):
-        load_image(path)  # raises the ImageError that says what is wrong with it
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as error:
-        raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
-
-
 def _pil_to_bytes(image: Image.Image) -> bytes:
     """A PIL image as lossless bytes that load_image decodes to the same pixels: its rules (orientation,
     alpha, 16-bit) then apply exactly as for a file. PNG keeps text chunks (generation metadata); modes PNG
@@ -177,7 +162,7 @@ def load_item(
         loaded.format = item.format or "PIL"
         return loaded, None
     path = os.fspath(item)
-    raw = _read_file(path)
+    raw = read_file(path)
     return load_image(raw, rules, name=name or path), raw
 
 
@@ -240,20 +225,25 @@ def prepare(
 STABILITY_CHECKS = ("jpeg:90", "webp:90", "shift:4")
 
 
+def parse_check(check: str) -> tuple[str, int]:
+    """ "jpeg:90" -> ("jpeg", 90); ValueError for anything but jpeg:Q, webp:Q or shift:N."""
+    kind, _, value = check.partition(":")
+    if kind not in ("jpeg", "webp", "shift") or not value.isdigit():
+        raise ValueError(f"unknown stability check {check!r}; expected jpeg:Q, webp:Q or shift:N")
+    return kind, int(value)
+
+
 def stability_variant(pixels: np.ndarray, check: str, size: int) -> np.ndarray | None:
     """The image as `check` changes it ("jpeg:Q", "webp:Q" re-encode; "shift:N" drops N rows and columns at
     the top left, so every view moves by N px); None when the image is too small to shift."""
-    kind, _, value = check.partition(":")
+    kind, value = parse_check(check)
     if kind == "shift":
-        offset = int(value)
-        if min(pixels.shape[:2]) - offset < size:
+        if min(pixels.shape[:2]) - value < size:
             return None
-        return pixels[offset:, offset:]
-    if kind in ("jpeg", "webp"):
-        from animeprov.perturb import perturb
+        return pixels[value:, value:]
+    from animeprov.perturb import perturb
 
-        return perturb(pixels, check)
-    raise ValueError(f"unknown stability check {check!r}; expected jpeg:Q, webp:Q or shift:N")
+    return perturb(pixels, check)
 
 
 def _source_name(item: Item) -> str:
@@ -359,9 +349,7 @@ class Predictor:
         self.familiarity = familiarity if calibration is not None else None
         self.checks = tuple(checks) if calibration is not None else ()
         for check in self.checks:
-            stability_variant(
-                np.zeros((size + 8, size + 8, 3), np.uint8), check, size
-            )  # fails fast on a typo
+            parse_check(check)  # fails fast on a typo, before any image
 
     @classmethod
     def from_checkpoint(
