@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -206,3 +207,32 @@ def test_cli_train_without_a_recipe_uses_the_default_one(tmp_path, monkeypatch):
     assert {key: config[key] for key in RECIPES[DEFAULT_RECIPE]} == {**RECIPES[DEFAULT_RECIPE], "epochs": 1}
     if RECIPES[DEFAULT_RECIPE]["pairs"]:  # the human images' reconstructions are a class of their own
         assert "decoder-trace" in config["classes"] and any((tmp_path / "cache" / "taef2").iterdir())
+
+
+def test_select_on_detection_auc_keeps_the_epoch_with_the_best_val_auc(tiny_split, tmp_path, monkeypatch):
+    # Scripted validation figures: accuracy peaks at epoch 1, detection AUC at epoch 2.
+    accuracies, aucs = iter([0.9, 0.5, 0.6, 0.7]), iter([0.6, 0.9, 0.7, 0.8])
+    monkeypatch.setattr(train_module, "_all_ranks_val_metrics", lambda val: (1.0, next(accuracies), []))
+    monkeypatch.setattr(train_module, "_all_ranks_detection_auc", lambda val, human: next(aucs))
+    run = tmp_path / "run"
+    summary = train(_config(tiny_split, epochs=4, patience=4, select_on="detection_auc"), run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["val_detection_auc"] for row in rows] == [0.6, 0.9, 0.7, 0.8]
+    assert summary["best_epoch"] == 2 and summary["selected_on"] == "detection_auc"
+    assert summary["best_val_accuracy"] == 0.5  # the val accuracy of the selected epoch
+    assert not torch.equal(
+        load_file(run / "model.safetensors")["backbone.head.1.weight"],
+        load_file(run / "last.safetensors")["model.backbone.head.1.weight"],
+    )
+    with pytest.raises(ValueError, match="select_on"):
+        train(_config(tiny_split, select_on="loss"), tmp_path / "other")
+
+
+def test_val_detection_auc_is_the_roc_auc_of_p_generated():
+    from animeprov.engine import Predictions
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], dtype=np.float32)  # human is class 0
+    val = Predictions(probs, np.array([0, 1, 1, 0]), np.arange(4), [], 0.0)
+    # P(generated) 0.1, 0.8 | 0.4, 0.7: generated images 0.8 and 0.4 against human 0.1 and 0.7 -> 3 of 4 pairs
+    assert train_module._all_ranks_detection_auc(val, 0) == pytest.approx(0.75)
+    assert train_module._all_ranks_detection_auc(val, None) is None

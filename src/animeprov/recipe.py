@@ -32,6 +32,7 @@ RECIPE_FIELDS = (
     "sampling",
     "binary_weight",
     "pairs",
+    "select_on",
 )
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -54,6 +55,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "sampling": "uniform",
         "binary_weight": 0.0,
         "pairs": "",
+        "select_on": "accuracy",
     },
     # What held best on sources never seen (docs/results/generalisation.md): 64 px patches at random offsets
     # (content matters less in a small patch; judged by pooling every tile), the DCT of the NPR residual
@@ -79,6 +81,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "sampling": "source",
         "binary_weight": 1.0,
         "pairs": "",
+        "select_on": "accuracy",
     },
 }
 DEFAULT_RECIPE = "traces"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from animeprov import checkpoint as ckpt
@@ -35,6 +36,9 @@ from animeprov.transforms.stem import fit_stem_statistics
 
 log = logging.getLogger("animeprov.train")
 
+# select_on -> the metrics.jsonl column that picks the best epoch
+SELECTION_METRICS = {"accuracy": "val_accuracy", "detection_auc": "val_detection_auc"}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -46,7 +50,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adam" | "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    patience: int = 5  # early stopping: epochs without a better validation accuracy
+    patience: int = 5  # early stopping: epochs without a better validation score (select_on)
     seed: int = 0
     workers: int = 0  # DataLoader worker processes
     device: str = "auto"
@@ -65,6 +69,9 @@ class TrainConfig:
     source_column: str = "source"  # the column that names an image's source, for sampling="source"
     binary_weight: float = 0.0  # weight of a human-vs-generated loss beside the per-class loss
     pairs: str = ""  # "" | "taef2": train on human images AND their decoder reconstructions (animeprov.pairs)
+    # Which validation figure picks the best epoch: "accuracy" (attribution, the paper) | "detection_auc"
+    # (ROC-AUC of P(generated), human vs any generator: it still moves when the val sources are unseen ones).
+    select_on: str = "accuracy"
 
 
 # Decoded training images kept in memory across views and epochs (in-process loading only: worker
@@ -144,6 +151,9 @@ def train(
 
 
 def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = False) -> dict[str, Any]:
+    if config.select_on not in SELECTION_METRICS:
+        choices = ", ".join(SELECTION_METRICS)
+        raise ValueError(f"unknown select_on {config.select_on!r}; choose one of {choices}")
     torch.manual_seed(config.seed)
     device = distributed.rank_device(select_device(config.device))
     train_rows = read_split_rows(config.data, "train")
@@ -199,7 +209,7 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
     if device.type == "cpu":
         keep_freed_memory()
 
-    state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "stale_epochs": 0}
+    state = {"epoch": 0, "best_score": -1.0, "best_val_accuracy": -1.0, "best_epoch": 0, "stale_epochs": 0}
     if resume and (run / ckpt.LAST_STATE).exists():
         previous = ckpt.read_config(run)
         for key in ("variant", "size", "classes"):
@@ -289,6 +299,7 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
                 precision=config.precision,
             ).pool_by_row()
             val_loss, val_accuracy, val_errors = _all_ranks_val_metrics(val)
+            val_auc = _all_ranks_detection_auc(val, human_index)
             scheduler.step()
             for path, reason in result.errors + val_errors:
                 skipped[path] = reason
@@ -298,15 +309,20 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
                 "train_accuracy": result.accuracy,
                 "val_loss": val_loss,
                 "val_accuracy": val_accuracy,
+                "val_detection_auc": val_auc,
                 "lr": optimizer.param_groups[0]["lr"],
                 "images_per_second": result.images_per_second,
                 "seconds": result.seconds + distributed.all_reduce_max(val.seconds),
                 "skipped_files": len(skipped),
             }
             # Every rank takes the same decisions: the metrics above are the same on all of them.
-            improved = row["val_accuracy"] > state["best_val_accuracy"]
+            score = row[SELECTION_METRICS[config.select_on]]
+            # a state saved before select_on existed kept its best score as best_val_accuracy
+            improved = score is not None and score > state.get("best_score", state["best_val_accuracy"])
             if improved:
-                state.update(best_val_accuracy=row["val_accuracy"], best_epoch=epoch, stale_epochs=0)
+                state.update(
+                    best_score=score, best_val_accuracy=row["val_accuracy"], best_epoch=epoch, stale_epochs=0
+                )
             else:
                 state["stale_epochs"] += 1
             state["epoch"] = epoch
@@ -328,6 +344,7 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
         "epochs_done": state["epoch"],
         "best_epoch": state["best_epoch"],
         "best_val_accuracy": state["best_val_accuracy"],
+        "selected_on": config.select_on,
         "skipped": skipped,
         "classes": classes,
         "calibration": calibration_note,
@@ -383,6 +400,20 @@ def _all_ranks_val_metrics(val: Predictions) -> tuple[float, float, list[tuple[s
     if total == 0:
         return float("nan"), float("nan"), errors
     return loss_sum / total, correct / total, errors
+
+
+def _all_ranks_detection_auc(val: Predictions, human_index: int | None) -> float | None:
+    """ROC-AUC of P(generated) over all ranks' shards of the val split; None without both kinds."""
+    if human_index is None:
+        return None
+    p_generated = (1.0 - val.probs[:, human_index]).tolist()
+    generated = (val.labels != human_index).tolist()
+    shards = distributed.gather_json([p_generated, generated])
+    scores = [p for shard in shards for p in shard[0]]
+    labels = [g for shard in shards for g in shard[1]]
+    if len(set(labels)) < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
 
 
 # Settings that may change on resume without changing what is trained: where and how fast it runs.
