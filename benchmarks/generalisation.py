@@ -50,6 +50,10 @@ def add_ladder(stem_variant: str) -> None:
     base = {**PATCHES, "variant": stem_variant}
     ROWS[f"{stem_variant} + equal augmentation, flat skip"] = ("paper", {**base, **EQUAL_AUGMENT})
     ROWS[f"{stem_variant} + source sampling, binary loss"] = ("paper", {**base, **EQUAL_AUGMENT, **BALANCED})
+    ROWS[f"{stem_variant} + best epoch on val detection AUC"] = (
+        "paper",
+        {**base, **EQUAL_AUGMENT, **BALANCED, "select_on": "detection_auc"},
+    )
     ROWS[f"{stem_variant} + taef2 decoder pairs"] = (
         "paper",
         {**base, **EQUAL_AUGMENT, **BALANCED, "pairs": "taef2"},

@@ -331,3 +331,37 @@ def test_calibration_for_other_weights_is_refused(tmp_path):
     assert Predictor.from_checkpoint(run).calibration is not None
     with pytest.raises(StaleCalibrationError, match="fitted for model.safetensors, not last.safetensors"):
         Predictor.from_checkpoint(run, weights="last.safetensors")
+
+
+def test_stability_checks_run_only_when_they_can_change_a_committed_verdict(tmp_path, monkeypatch):
+    from animeprov import predict as predict_module
+
+    calibrated_run = make_run(
+        tmp_path / "cal", calibration={"temperature": 1.0, "ai_threshold": 0.0, "artist_threshold": 0.0}
+    )
+    paths = [write_image(tmp_path / f"{i}.png", 2 * SIZE + 4, 2 * SIZE + 4, seed=i) for i in range(3)]
+    encoded = []
+    real_variant = predict_module.stability_variant
+    monkeypatch.setattr(
+        predict_module,
+        "stability_variant",
+        lambda pixels, check, size: encoded.append(check) or real_variant(pixels, check, size),
+    )
+    committed = Predictor.from_checkpoint(calibrated_run)  # ai threshold 0: every image is judged "ai"
+    single = [committed.predict(path) for path in paths]
+    assert encoded == list(predict_module.STABILITY_CHECKS) * 3
+    for result in single:
+        assert set(result.checks) == {"jpeg:90", "webp:90", "shift:4"} and result.n_views == 4
+        assert all(check["verdict"] in ("ai", "unsure", "artist") for check in result.checks.values())
+    # predict_many queues the same check views behind the image's own ones, batched with other images
+    streamed = list(committed.predict_many(paths, batch_size=3))
+    assert [r.checks.keys() for r in streamed] == [r.checks.keys() for r in single]
+    for one, many in zip(single, streamed, strict=True):
+        assert one.p_generated == pytest.approx(many.p_generated, abs=1e-6)
+        for name in one.checks:
+            assert one.checks[name]["p_generated"] == pytest.approx(many.checks[name]["p_generated"], abs=1e-5)
+    # between the thresholds the verdict is "unsure" whatever a re-encoding says: no check is run
+    encoded.clear()
+    undecided = Predictor.from_checkpoint(calibrated_run, thresholds={"ai": 1.0, "artist": 0.0})
+    results = [undecided.predict(paths[0]), *undecided.predict_many(paths)]
+    assert encoded == [] and all(r.verdict == "unsure" and r.checks == {} for r in results)

@@ -177,9 +177,9 @@ class Prepared:
     evidence: dict = field(default_factory=dict)
     corners: list[tuple[int, int]] | None = None
     shape: tuple[int, int] = (0, 0)  # (height, width) of the image as loaded
-    pixels: np.ndarray | None = None  # kept only for heatmaps
+    pixels: np.ndarray | None = None  # kept only for heatmaps and stability checks
     error: str | None = None
-    # (name, number of views) in `views` order: "image" first, then each stability check's re-encoded copy
+    # (name, number of views) in the model's row order: "image" first, then each stability check's copy
     groups: list[tuple[str, int]] = field(default_factory=list)
 
 
@@ -192,25 +192,16 @@ def prepare(
     name: str | None = None,
     keep_pixels: bool = False,
     raw: bytes | None = None,
-    checks: Sequence[str] = (),
 ) -> Prepared:
-    """Load, read evidence, cut views (and the views of each of `checks`' re-encoded copies, see
-    `stability_variant`). Raises ImageError for a bad image."""
+    """Load, read evidence, cut views. Raises ImageError for a bad image."""
     loaded, raw = load_item(item, rules, name=name, raw=raw)
     height, width = loaded.height, loaded.width
     chosen = choose_view(height, width, size, view)
     views = make_views(loaded.pixels, size, chosen, path=loaded.path)
-    groups = [("image", len(views))]
-    for check in checks:
-        variant = stability_variant(loaded.pixels, check, size)
-        if variant is not None:
-            extra = make_views(variant, size, choose_view(*variant.shape[:2], size, view), path=loaded.path)
-            views += extra
-            groups.append((check, len(extra)))
     return Prepared(
         source=loaded.path,
         views=np.stack(views),
-        groups=groups,
+        groups=[("image", len(views))],
         view=chosen,
         notes=list(loaded.notes),
         evidence=evidence_summary(read_evidence(loaded, raw)),
@@ -231,6 +222,20 @@ def parse_check(check: str) -> tuple[str, int]:
     if kind not in ("jpeg", "webp", "shift") or not value.isdigit():
         raise ValueError(f"unknown stability check {check!r}; expected jpeg:Q, webp:Q or shift:N")
     return kind, int(value)
+
+
+def stability_views(prepared: Prepared, checks: Sequence[str], size: int, view: str) -> np.ndarray | None:
+    """The views of each of `checks`' copies of the image (in `prepared.pixels`), appended to
+    `prepared.groups` in order; None when no check applies (an image too small to shift)."""
+    views: list[np.ndarray] = []
+    for check in checks:
+        variant = stability_variant(prepared.pixels, check, size)
+        if variant is not None:
+            chosen = choose_view(*variant.shape[:2], size, view)
+            extra = make_views(variant, size, chosen, path=prepared.source)
+            views += extra
+            prepared.groups.append((check, len(extra)))
+    return np.stack(views) if views else None
 
 
 def stability_variant(pixels: np.ndarray, check: str, size: int) -> np.ndarray | None:
@@ -259,11 +264,11 @@ def _source_name(item: Item) -> str:
 
 
 def prepare_or_error(
-    item: Item, size: int, view: str, rules: LoadRules, checks: Sequence[str] = ()
+    item: Item, size: int, view: str, rules: LoadRules, keep_pixels: bool = False
 ) -> Prepared:
     """`prepare`, with any failure turned into `Prepared.error`: one bad file never stops a stream."""
     try:
-        return prepare(item, size, view, rules, checks=checks)
+        return prepare(item, size, view, rules, keep_pixels=keep_pixels)
     except ImageError as error:
         return Prepared(source=error.path, views=None, error=str(error))
     except Exception as error:  # e.g. MemoryError on a huge image: reported for this file, the rest goes on
@@ -276,11 +281,11 @@ class _PrepareDataset(torch.utils.data.Dataset):
     item iterable, so the main process pulls items one by one, workers decode them, and results come back
     in order with at most prefetch_factor x workers items in flight."""
 
-    def __init__(self, size: int, view: str, rules: LoadRules, checks: Sequence[str]) -> None:
-        self.size, self.view, self.rules, self.checks = size, view, rules, checks
+    def __init__(self, size: int, view: str, rules: LoadRules, keep_pixels: bool) -> None:
+        self.size, self.view, self.rules, self.keep_pixels = size, view, rules, keep_pixels
 
     def __getitem__(self, item: Item) -> Prepared:
-        return prepare_or_error(item, self.size, self.view, self.rules, self.checks)
+        return prepare_or_error(item, self.size, self.view, self.rules, self.keep_pixels)
 
 
 def _no_collate(prepared: Prepared) -> Prepared:
@@ -288,12 +293,12 @@ def _no_collate(prepared: Prepared) -> Prepared:
 
 
 def _prepared_stream(
-    items: Iterable[Item], size: int, view: str, rules: LoadRules, workers: int, checks: Sequence[str]
+    items: Iterable[Item], size: int, view: str, rules: LoadRules, workers: int, keep_pixels: bool
 ):
     if workers == 0:
-        return (prepare_or_error(item, size, view, rules, checks) for item in items)
+        return (prepare_or_error(item, size, view, rules, keep_pixels) for item in items)
     loader = torch.utils.data.DataLoader(
-        _PrepareDataset(size, view, rules, checks),
+        _PrepareDataset(size, view, rules, keep_pixels),
         sampler=items,
         batch_size=None,
         num_workers=workers,
@@ -329,8 +334,9 @@ class Predictor:
         checks: Sequence[str] = STABILITY_CHECKS,
     ) -> None:
         """`familiarity` and `checks` (see STABILITY_CHECKS) make a verdict "unsure" for an image unlike the
-        training data or whose verdict changes under those mild re-encodings; both need a calibration, and
-        each check costs one more pass of the model over the image (checks=() for speed)."""
+        training data or whose verdict changes under those mild re-encodings; both need a calibration. The
+        checks run only for a verdict that would otherwise be committed (artist or ai), each as one more
+        pass of the model over the image (checks=() for speed)."""
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if human_class not in classes:
@@ -461,6 +467,15 @@ class Predictor:
         features = None if self.familiarity is None else np.concatenate([f for _, f in parts])
         return np.concatenate([p for p, _ in parts]), features
 
+    def _needs_stability(self, log_probs: np.ndarray, features: np.ndarray | None) -> bool:
+        """Whether the stability checks can still change the verdict given the image's own views: only a
+        verdict that would be committed (artist or ai, familiar image) can become "unsure"."""
+        if not self.checks or self.calibration is None:
+            return False
+        judged = verdicts(aggregate_log_probs(log_probs)[None, :], self.calibration)[0]
+        familiarity = self._familiarity(features, len(log_probs))
+        return abstention_reason(judged, familiarity, self.calibration) is None
+
     def _result(
         self, prepared: Prepared, log_probs: np.ndarray, features: np.ndarray | None
     ) -> ImagePrediction:
@@ -496,11 +511,8 @@ class Predictor:
     def _checks(
         self, prepared: Prepared, log_probs: np.ndarray, features: np.ndarray | None, n_image: int
     ) -> dict[str, Any]:
-        """The familiarity distance and the verdict of each re-encoded copy."""
-        checks: dict[str, Any] = {}
-        if self.familiarity is not None and features is not None:
-            distance = float(self.familiarity.scores(features[:n_image].mean(axis=0, keepdims=True))[0])
-            checks["familiarity"] = {"distance": round(distance, 6), "threshold": self.familiarity.threshold}
+        """The familiarity distance and the verdict of each re-encoded copy that ran (`_needs_stability`)."""
+        checks = self._familiarity(features, n_image)
         start = n_image
         for name, count in prepared.groups[1:]:
             judged = verdicts(
@@ -510,6 +522,13 @@ class Predictor:
             checks[name] = {"verdict": judged["verdict"], "p_generated": round(judged["p_generated"], 6)}
             start += count
         return checks
+
+    def _familiarity(self, features: np.ndarray | None, n_image: int) -> dict[str, Any]:
+        """{"familiarity": distance of the image's mean feature to the training data, and its threshold}."""
+        if self.familiarity is None or features is None:
+            return {}
+        distance = float(self.familiarity.scores(features[:n_image].mean(axis=0, keepdims=True))[0])
+        return {"familiarity": {"distance": round(distance, 6), "threshold": self.familiarity.threshold}}
 
     # --- public --------------------------------------------------------------------------------
 
@@ -533,11 +552,15 @@ class Predictor:
             view,
             self.load_rules,
             name=name,
-            keep_pixels=heatmap,
+            keep_pixels=heatmap or bool(self.checks),
             raw=raw,
-            checks=self.checks,
         )
-        result = self._result(prepared, *self._batched_forward(prepared.views))
+        log_probs, features = self._batched_forward(prepared.views)
+        if self._needs_stability(log_probs, features):
+            extra = stability_views(prepared, self.checks, self.size, view)
+            if extra is not None:
+                log_probs = np.concatenate([log_probs, self._batched_forward(extra)[0]])
+        result = self._result(prepared, log_probs, features)
         if heatmap:
             result.heatmap = self._heatmap(prepared, result)
         return result
@@ -554,14 +577,25 @@ class Predictor:
 
         Items are consumed lazily; views of several images share a batch (`batch_size` views), so memory is
         bounded by a few batches. `workers` > 0 decodes in that many DataLoader processes. A bad file never
-        raises: its prediction has `error` set.
+        raises: its prediction has `error` set. An image's stability-check views join the queue once its own
+        views are judged, and only when they can still change the verdict.
         """
         choose_view(0, 0, self.size, view)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        stream = _prepared_stream(items, self.size, view, self.load_rules, workers, self.checks)
+        stream = _prepared_stream(items, self.size, view, self.load_rules, workers, bool(self.checks))
         waiting: deque[_Pending] = deque()  # in input order
         views: list[tuple[_Pending, np.ndarray]] = []  # views not yet through the model, with their image
+
+        def queue_checks(owner: _Pending) -> None:
+            owner.image_judged = True
+            features = np.stack(owner.features) if owner.features else None
+            if self._needs_stability(np.stack(owner.rows), features):
+                extra = stability_views(owner.prepared, self.checks, self.size, view)
+                if extra is not None:
+                    owner.n_views += len(extra)
+                    views.extend((owner, check_view) for check_view in extra)
+            owner.prepared.pixels = None
 
         def run_batch(count: int) -> None:
             batch, views[:] = views[:count], views[count:]
@@ -570,6 +604,8 @@ class Predictor:
                 owner.rows.append(log_probs[i])
                 if features is not None:
                     owner.features.append(features[i])
+                if not owner.image_judged and len(owner.rows) == owner.n_views:
+                    queue_checks(owner)
 
         def finished() -> Iterator[ImagePrediction]:
             while waiting and len(waiting[0].rows) == waiting[0].n_views:
@@ -623,7 +659,8 @@ class _Pending:
     """An image in predict_many whose views are (partly) still waiting for the model."""
 
     prepared: Prepared
-    n_views: int
+    n_views: int  # grows by the stability checks' views once the image's own views are judged
+    image_judged: bool = False
     rows: list[np.ndarray] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
 
