@@ -45,6 +45,19 @@ ROWS: dict[str, tuple[str, dict]] = {
 }
 
 
+# An ImageNet-pretrained backbone (EfficientNet-Lite0) with the best ladder settings; a lower learning rate,
+# as usual when fine-tuning pretrained weights.
+PRETRAINED = {**PATCHES, **EQUAL_AUGMENT, **BALANCED, "init": "imagenet", "lr": 3e-4}
+ROWS["effnet-pixel, ImageNet init, equal augmentation, source sampling, binary loss"] = (
+    "paper",
+    {**PRETRAINED, "variant": "effnet-pixel"},
+)
+ROWS["effnet-npr, ImageNet init, equal augmentation, source sampling, binary loss"] = (
+    "paper",
+    {**PRETRAINED, "variant": "effnet-npr"},
+)
+
+
 def add_ladder(stem_variant: str) -> None:
     """Rows that add one idea at a time to the patch recipe with `stem_variant`."""
     base = {**PATCHES, "variant": stem_variant}
