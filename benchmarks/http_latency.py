@@ -1,13 +1,27 @@
 """HTTP latency of `animeprov serve`: single 512 px uploads from concurrent local clients; JSON on stdout.
 
-Starts a real server (`python -m animeprov serve RUN` in a subprocess, uvicorn on 127.0.0.1), waits for
-/healthz, sends a few warm-up requests, measures sequential latency with one client, then runs a bounded load
-test: `--clients` threads, each with its own HTTP connection, together send `--requests` POST /v1/predict
-uploads of the same PNG. Reports median and 95th-percentile latency and requests per second.
+For each model in `--models`, starts a real server (`python -m animeprov serve [RUN]` in a subprocess,
+uvicorn on 127.0.0.1), waits for /healthz, and for each upload sends a few warm-up requests, measures
+sequential latency with one client, then runs a bounded load test: `--clients` threads, each with its own
+HTTP connection, together send `--requests` POST /v1/predict uploads of the same image. Reports median and
+95th-percentile latency, requests per second, and the ratios to the baseline model measured in the same run.
 
-Without --run, a throwaway run is written first: cnn-dct-mask at --size, RANDOM-INITIALISED weights with the
-DCT stem statistics fitted on a few noise images. Its verdicts mean nothing; its cost per request is that of a
-trained model of the same variant and size (same architecture, same operations).
+Models:
+- `reference`: what `animeprov serve` serves without a run, the bundled reference model (cnn-npr-dct, 64 px
+  tiles: 64 per 512 px upload) with its calibration, familiarity check and stability checks. The checks
+  (JPEG 90, WebP 90, 4 px shift: three more model passes) run only when the verdict would otherwise be
+  committed, so the cost of a request depends on the image: hence two uploads (below).
+- `baseline`: what this benchmark measured before (docs/serve.md): a throwaway run written first,
+  `--variant` (cnn-dct-mask) at `--size`, RANDOM-INITIALISED weights with the DCT stem statistics fitted on
+  a few noise images, no calibration (so no checks). Its verdicts mean nothing; its cost per request is that
+  of a trained model of the same variant and size.
+- `--run PATH`: also an existing run folder.
+
+Uploads:
+- `synthetic_png`: a smooth picture with mild noise, a PNG (the reference model finds it "unsure": no checks);
+- `committed_jpeg`: the first of a few 512 px JPEG mosaics of ../shared/data/anime-real-256 crops (as in
+  predict_throughput.py) whose reference verdict is committed, so its stability checks run (left out when
+  that data is missing or no candidate qualifies). Each result says whether the checks ran.
 
     flock /tmp/animeprov-heavy.lock .venv/bin/python benchmarks/http_latency.py --clients 8 --requests 160
 """
@@ -38,6 +52,7 @@ from animeprov.models import create_model
 from animeprov.transforms.stem import fit_stem_statistics
 
 CLASSES = [DEFAULT_HUMAN_CLASS, "gen-a", "gen-b", "gen-c", "gen-d"]  # five, as in the paper
+MODELS = ("reference", "baseline")
 
 
 def write_throwaway_run(folder: Path, variant: str, size: int, seed: int = 0) -> Path:
@@ -71,19 +86,40 @@ def test_image(size: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+def committed_jpeg(size: int, candidates: int = 12) -> tuple[bytes, str] | None:
+    """(bytes, name) of the first mosaic JPEG whose reference-model verdict is committed (artist or ai), so
+    the stability checks run for it; None without ../shared data or when none qualifies."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from predict_throughput import SHARED_CROPS, make_jpegs
+
+    from animeprov.predict import Predictor
+
+    if not SHARED_CROPS.is_dir():
+        return None
+    predictor = Predictor.reference(device="cpu")
+    with tempfile.TemporaryDirectory(prefix="animeprov-http-bench-jpegs-") as folder:
+        for path in make_jpegs(Path(folder), candidates, size, seed=1):
+            if any(name != "familiarity" for name in predictor.predict(path).checks):
+                return path.read_bytes(), f"mosaic {path.name} of {SHARED_CROPS.name} crops, seed 1"
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def start_server(run: Path, port: int, max_concurrent: int, max_waiting: int) -> subprocess.Popen:
+def start_server(
+    run: Path | None, port: int, max_concurrent: int, max_waiting: int, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`serve RUN`, or `serve` (the reference model) when `run` is None."""
     command = [
         sys.executable,
         "-m",
         "animeprov",
         "serve",
-        str(run),
+        *([] if run is None else [str(run)]),
         "--port",
         str(port),
         "--device",
@@ -93,7 +129,9 @@ def start_server(run: Path, port: int, max_concurrent: int, max_waiting: int) ->
         "--max-waiting",
         str(max_waiting),
     ]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -108,12 +146,15 @@ def start_server(run: Path, port: int, max_concurrent: int, max_waiting: int) ->
     raise RuntimeError("server did not answer /healthz within 120 s")
 
 
-def post(client: httpx.Client, url: str, data: bytes) -> float:
+def post(client: httpx.Client, url: str, data: bytes, answer: dict | None = None) -> float:
+    """Seconds for one upload; `answer`, when given, receives the response's JSON."""
     started = time.perf_counter()
-    response = client.post(url, files={"file": ("bench.png", data, "image/png")})
+    response = client.post(url, files={"file": ("bench-upload", data, "application/octet-stream")})
     seconds = time.perf_counter() - started
     if response.status_code != 200:
         raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+    if answer is not None:
+        answer.update(response.json())
     return seconds
 
 
@@ -159,70 +200,159 @@ def summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
+def measure(
+    run: Path | None, uploads: dict[str, bytes], args: argparse.Namespace, env: dict[str, str] | None = None
+) -> dict:
+    """One server: per upload, warm-up, sequential latency, then the concurrent load test."""
+    port = free_port()
+    server = start_server(run, port, args.max_concurrent, args.max_waiting, env)
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    results = {}
+    try:
+        for name, data in uploads.items():
+            answer: dict = {}
+            with httpx.Client(timeout=120) as client:
+                for _ in range(args.warmup):
+                    post(client, url, data, answer)
+                sequential = [post(client, url, data) for _ in range(args.sequential)]
+            latencies, wall, errors = load_test(url, data, args.clients, args.requests)
+            results[name] = {
+                "verdict": answer.get("verdict"),
+                "checks_ran": any(check != "familiarity" for check in answer.get("checks", {})),
+                "n_views": answer.get("n_views"),
+                "sequential_1_client": {"requests": len(sequential), **summary(sequential)},
+                "concurrent": {
+                    "clients": args.clients,
+                    "requests": args.requests,
+                    "ok": len(latencies),
+                    "errors": len(errors),
+                    "error_examples": errors[:3],
+                    **(summary(latencies) if latencies else {}),
+                    "requests_per_s": round(len(latencies) / wall, 2),
+                    "wall_s": round(wall, 2),
+                },
+            }
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return results
+
+
+def ratios(results: dict, baseline: str = "baseline") -> dict:
+    """Per model and upload: its concurrent median / p95 latency and requests/s over the baseline's for the
+    same upload (latency ratios < 1 and a throughput ratio > 1: better than the baseline)."""
+    if baseline not in results:
+        return {}
+    out = {}
+    for model, per_upload in results.items():
+        out[model] = {}
+        for upload, result in per_upload.items():
+            base, this = results[baseline].get(upload), result["concurrent"]
+            if not base or "p95_ms" not in this or "p95_ms" not in base["concurrent"]:
+                continue
+            base = base["concurrent"]
+            out[model][upload] = {
+                "median": round(this["median_ms"] / base["median_ms"], 3),
+                "p95": round(this["p95_ms"] / base["p95_ms"], 3),
+                "requests_per_s": round(this["requests_per_s"] / base["requests_per_s"], 3),
+            }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--run", type=Path, help="An existing run folder (default: a throwaway random model)."
+        "--models",
+        default=",".join(MODELS),
+        help=f"Comma-separated models to serve, of {', '.join(MODELS)} (default: both).",
     )
-    parser.add_argument("--variant", default="cnn-dct-mask")
-    parser.add_argument("--size", type=int, default=512, help="Model input and upload size (pixels).")
+    parser.add_argument("--run", type=Path, help="Also serve this existing run folder.")
+    parser.add_argument("--variant", default="cnn-dct-mask", help="The baseline's variant.")
+    parser.add_argument("--size", type=int, default=512, help="Upload size and the baseline's input (px).")
+    parser.add_argument(
+        "--uploads",
+        default="synthetic_png,committed_jpeg",
+        help="Comma-separated uploads: synthetic_png, committed_jpeg.",
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=160, help="Uploads in the load test, all clients.")
     parser.add_argument("--sequential", type=int, default=20, help="Uploads from one client, one at a time.")
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--max-concurrent", type=int, default=2, help="The server's --max-concurrent.")
     parser.add_argument("--max-waiting", type=int, default=16, help="The server's --max-waiting.")
+    parser.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="Also serve each model with OMP_WAIT_POLICY=PASSIVE (results named MODEL+omp_passive): "
+        "OpenMP threads that sleep instead of spinning while they wait, see docs/predict.md.",
+    )
     args = parser.parse_args()
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown model(s) {sorted(unknown)}; choose from {', '.join(MODELS)}")
 
-    with tempfile.TemporaryDirectory(prefix="animeprov-http-bench-") as scratch:
-        if args.run is None:
-            run = write_throwaway_run(Path(scratch), args.variant, args.size)
-            model = (
-                f"{args.variant} at {args.size} px, random-initialised, DCT stem fitted on 16 noise images"
+    wanted = [name.strip() for name in args.uploads.split(",") if name.strip()]
+    uploads: dict[str, bytes] = {}
+    described: dict[str, str] = {}
+    if "synthetic_png" in wanted:
+        uploads["synthetic_png"] = test_image(args.size)
+        described["synthetic_png"] = f"{args.size}x{args.size} PNG, {len(uploads['synthetic_png']):,} bytes"
+    if "committed_jpeg" in wanted:
+        found = committed_jpeg(args.size)
+        if found is None:
+            described["committed_jpeg"] = (
+                "left out: no ../shared crops, or no candidate with a committed verdict"
             )
         else:
-            run = args.run
-            config = ckpt.read_config(run)
-            model = f"{config['variant']} at {config['size']} px from {run}"
-        data = test_image(args.size)
-        port = free_port()
-        load_before = os.getloadavg()
-        server = start_server(run, port, args.max_concurrent, args.max_waiting)
-        url = f"http://127.0.0.1:{port}/v1/predict"
-        try:
-            with httpx.Client(timeout=120) as client:
-                for _ in range(args.warmup):
-                    post(client, url, data)
-                sequential = [post(client, url, data) for _ in range(args.sequential)]
-            latencies, wall, errors = load_test(url, data, args.clients, args.requests)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+            uploads["committed_jpeg"] = found[0]
+            described["committed_jpeg"] = (
+                f"{args.size}x{args.size} JPEG q90, {len(found[0]):,} bytes, {found[1]}"
+            )
+
+    load_before = os.getloadavg()
+    results: dict[str, dict] = {}
+    model_names: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="animeprov-http-bench-") as scratch:
+        for name in models:
+            if name == "reference":
+                model_names[name] = (
+                    "the bundled reference model (`serve` without a run): cnn-npr-dct, 64 px tiles"
+                )
+                results[name] = measure(None, uploads, args)
+            else:
+                run = write_throwaway_run(Path(scratch) / name, args.variant, args.size)
+                model_names[name] = (
+                    f"{args.variant} at {args.size} px, random-initialised, DCT stem fitted on 16 noise "
+                    "images"
+                )
+                results[name] = measure(run, uploads, args)
+            if args.omp_passive:
+                model_names[f"{name}+omp_passive"] = model_names[name] + ", OMP_WAIT_POLICY=PASSIVE"
+                results[f"{name}+omp_passive"] = measure(
+                    None if name == "reference" else run, uploads, args, {"OMP_WAIT_POLICY": "PASSIVE"}
+                )
+        if args.run is not None:
+            config = ckpt.read_config(args.run)
+            model_names["run"] = f"{config['variant']} at {config['size']} px from {args.run}"
+            results["run"] = measure(args.run, uploads, args)
 
     result = {
         "benchmark": "http_latency",
-        "model": model,
-        "upload": f"{args.size}x{args.size} PNG, {len(data):,} bytes",
+        "models": model_names,
+        "uploads": described,
         "server": {"max_concurrent": args.max_concurrent, "max_waiting": args.max_waiting, "device": "cpu"},
-        "sequential_1_client": {"requests": len(sequential), **summary(sequential)},
-        "concurrent": {
-            "clients": args.clients,
-            "requests": args.requests,
-            "ok": len(latencies),
-            "errors": len(errors),
-            "error_examples": errors[:3],
-            **summary(latencies),
-            "requests_per_s": round(len(latencies) / wall, 2),
-            "wall_s": round(wall, 2),
-        },
+        "results": results,
+        "ratio_vs_baseline": ratios(results),
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
             "torch": torch.__version__,
             "load_average_before": [round(v, 2) for v in load_before],
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
         },
     }
     print(json.dumps(result, indent=2))

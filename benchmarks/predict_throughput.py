@@ -1,4 +1,5 @@
-"""End-to-end `animeprov predict` throughput and memory on JPEG files; prints JSON.
+"""End-to-end `animeprov predict` throughput and memory on JPEG files, default model against the old baseline;
+prints JSON.
 
     flock /tmp/animeprov-heavy.lock .venv/bin/python benchmarks/predict_throughput.py \
         --work runs/bench-predict --files 20000
@@ -6,13 +7,23 @@
 1. Inputs: `--unique` 512x512 JPEGs (quality 90), each a mosaic of four 256 px crops from
    ../shared/data/anime-real-256 beside the checkout (random pixels if that is missing), hard-linked under
    `--files` names in folders of 1000, so the long run reads many distinct paths without their disk space.
-2. A run folder: an untrained cnn-dct-mask at `--size` with random DCT statistics and a calibration.json;
-   throughput does not depend on the weights' values.
-3. Baselines, in one process on the first `--baseline` files: the naive loop (`Predictor.predict(path)`, one
-   image at a time, decode in line) and `predict_many` with and without decoding workers.
-4. The command itself, `python -m animeprov predict RUN FOLDER --out OUT.jsonl`, in a subprocess over all the
-   files (start-up, walking, decoding, evidence, model, JSON writing included), with the resident memory
-   (RSS) of it and its worker processes and the number of rows written sampled every `--every` seconds.
+2. Three pipelines, measured in the same run so that their ratios survive a noisy machine:
+   - `default`: what `animeprov predict FOLDER` does: the bundled reference model (cnn-npr-dct, 64 px
+     tiles, 64 per 512 px image) with its calibration, familiarity check and stability checks (JPEG 90,
+     WebP 90, 4 px shift; they run only for a verdict that would otherwise be committed);
+   - `default_no_stability`: the same with `--no-stability`;
+   - `baseline`: the pipeline this benchmark measured before (README's 49.9 images/s): an untrained
+     cnn-dct-mask at `--size` (512: one crop per image) with random DCT statistics and a calibration.json,
+     run with `--no-stability` as then (there were no stability checks). Throughput does not depend on the
+     weights' values.
+3. In one process on the first `--in-process-files` files: reading, decoding, evidence and views alone
+   (`prepare`), then `predict_many` of each pipeline at 1 and at the default number of threads, in
+   `--rounds` interleaved rounds (median images/s), with the share of images whose stability checks ran.
+4. The command itself, `python -m animeprov predict [RUN] FOLDER --out OUT.jsonl`, in a subprocess over all
+   the files for each pipeline in `--pipelines` (start-up, walking, decoding, evidence, model, checks, JSON
+   writing included), with the resident memory (RSS) of it and its worker processes and the number of
+   rows written sampled every `--every` seconds; the share of rows whose checks ran is read from OUT.
+Ratios are against `baseline` (> 1: faster than it).
 """
 
 from __future__ import annotations
@@ -90,40 +101,76 @@ def make_run(folder: Path, size: int, classes: list[str]) -> Path:
     return folder
 
 
-def in_process(run: Path, files: list[Path], batch_size: int) -> dict:
-    """img/s of the naive loop and of predict_many with 0 or 1 decoding workers and 1 or 2 model threads."""
+PIPELINES = ("default", "default_no_stability", "baseline")
+
+
+def pipeline_args(name: str, baseline_run: Path) -> list[str]:
+    """The `predict` arguments (before the paths) that select a pipeline's model and checks."""
+    if name == "default":
+        return []
+    if name == "default_no_stability":
+        return ["--no-stability"]
+    if name == "baseline":
+        return [str(baseline_run), "--no-stability"]
+    raise ValueError(f"unknown pipeline {name!r}; choose from {', '.join(PIPELINES)}")
+
+
+def make_predictor(name: str, baseline_run: Path):
+    from animeprov.predict import STABILITY_CHECKS, Predictor
+
+    run = baseline_run if name == "baseline" else "reference"
+    checks = STABILITY_CHECKS if name == "default" else ()
+    return Predictor.from_checkpoint(run, device="cpu", checks=checks)
+
+
+def checks_ran(prediction) -> bool:
+    """Whether the stability checks ran for this image (its `checks` has more than the familiarity)."""
+    return any(name != "familiarity" for name in prediction.get("checks", {}))
+
+
+def in_process(baseline_run: Path, files: list[Path], args: argparse.Namespace) -> dict:
+    """images/s of `prepare` alone and of each pipeline's predict_many (decode in line, the default batch
+    size unless --batch-size) at 1 and the default number of threads, median of interleaved rounds."""
     from animeprov.engine import keep_freed_memory
-    from animeprov.predict import Predictor, prepare_or_error
+    from animeprov.predict import default_batch_size, prepare_or_error
 
     keep_freed_memory()
     threads = torch.get_num_threads()
-    predictor = Predictor.from_checkpoint(run, device="cpu")
-    predictor.predict(files[0])  # warm-up: first-call allocations and library set-up
-    results = {}
+    predictors = {name: make_predictor(name, baseline_run) for name in PIPELINES}
+    for predictor in predictors.values():  # warm-up: first-call allocations and library set-up
+        list(predictor.predict_many(files[:2], batch_size=args.batch_size))
+    results: dict = {"files": len(files), "rounds": args.rounds}
     start = time.perf_counter()
     for path in files:  # reading, decoding, evidence and views alone: what a decoding worker would do
-        prepare_or_error(path, predictor.size, "auto", predictor.load_rules)
-    results["prepare_only_read_decode_evidence_views"] = len(files) / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for path in files:
-        predictor.predict(path)
-    results[f"naive_loop_predict_per_file_threads_{threads}"] = len(files) / (time.perf_counter() - start)
-    for model_threads in sorted({1, threads}):
+        prepare_or_error(path, predictors["default"].size, "auto", predictors["default"].load_rules)
+    results["prepare_only_read_decode_evidence_views"] = round(len(files) / (time.perf_counter() - start), 2)
+    rates: dict[str, list[float]] = {}
+    checked: dict[str, float] = {}
+    for model_threads in sorted({threads, 1}, reverse=True):
         torch.set_num_threads(model_threads)
-        for workers in (0, 1):
-            start = time.perf_counter()
-            n = sum(1 for _ in predictor.predict_many(files, batch_size=batch_size, workers=workers))
-            key = f"predict_many_batch_{batch_size}_workers_{workers}_threads_{model_threads}"
-            results[key] = n / (time.perf_counter() - start)
+        for _ in range(args.rounds):
+            for name, predictor in predictors.items():
+                start = time.perf_counter()
+                predictions = list(predictor.predict_many(files, batch_size=args.batch_size))
+                rate = len(predictions) / (time.perf_counter() - start)
+                rates.setdefault(f"{name}_threads_{model_threads}", []).append(rate)
+                judged = [p.to_dict() for p in predictions if p.error is None]
+                checked[name] = round(sum(map(checks_ran, judged)) / max(len(judged), 1), 3)
     torch.set_num_threads(threads)
-    bf16 = Predictor.from_checkpoint(run, device="cpu", precision="bf16")
-    bf16.predict(files[0])
-    start = time.perf_counter()
-    n = sum(1 for _ in bf16.predict_many(files, batch_size=batch_size, workers=1))
-    results[f"bf16_predict_many_batch_{batch_size}_workers_1_threads_{threads}"] = n / (
-        time.perf_counter() - start
-    )
-    return {key: round(value, 2) for key, value in results.items()}
+    medians = {key: float(np.median(values)) for key, values in rates.items()}
+    results["images_per_second_median"] = {key: round(value, 2) for key, value in medians.items()}
+    results["images_per_second_all_rounds"] = {
+        key: [round(v, 2) for v in values] for key, values in rates.items()
+    }
+    results["ratio_vs_baseline"] = {
+        key: round(value / medians[f"baseline_threads_{key.rsplit('_', 1)[1]}"], 3)
+        for key, value in medians.items()
+    }
+    results["share_of_images_checked"] = checked
+    results["batch_size"] = {
+        name: args.batch_size or default_batch_size(predictor.size) for name, predictor in predictors.items()
+    }
+    return results
 
 
 def _memory_kb(pid: int, field: str) -> int:
@@ -166,16 +213,37 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def end_to_end(run: Path, folder: Path, out: Path, total: int, args: argparse.Namespace) -> dict:
+def _checked_share(out: Path) -> float | None:
+    """Share of the judged rows in OUT whose stability checks ran."""
+    judged = checked = 0
+    with open(out, encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if not row.get("error"):
+                judged += 1
+                checked += checks_ran(row)
+    return round(checked / judged, 3) if judged else None
+
+
+def end_to_end(
+    name: str,
+    baseline_run: Path,
+    folder: Path,
+    out: Path,
+    total: int,
+    args: argparse.Namespace,
+    extra_env: dict[str, str] | None = None,
+) -> dict:
     for stale in (out, out.with_name(out.name + ".done")):
         stale.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "animeprov", "predict", str(run), str(folder), "--out", str(out)]
-    command += ["--device", "cpu"]
+    command = [sys.executable, "-m", "animeprov", "predict", *pipeline_args(name, baseline_run)]
+    command += [str(folder), "--out", str(out), "--device", "cpu"]
     if args.workers is not None:  # else the command's defaults
         command += ["--workers", str(args.workers)]
     if args.cli_batch_size is not None:
         command += ["--batch-size", str(args.cli_batch_size)]
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    settings = {**({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}), **(extra_env or {})}
+    env = {**os.environ, **settings}
     samples = []
     start = time.perf_counter()
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
@@ -210,9 +278,10 @@ def end_to_end(run: Path, folder: Path, out: Path, total: int, args: argparse.Na
     cpu_share = samples[-1]["cpu_s"] / (samples[-1]["t"] * (os.cpu_count() or 1)) if samples else None
     quarter = max(len(samples) // 4, 1)
     return {
-        "command": ("" if not args.threads else f"OMP_NUM_THREADS={args.threads} ") + " ".join(command),
+        "command": "".join(f"{key}={value} " for key, value in settings.items()) + " ".join(command),
         "files": total,
         "rows_written": rows,
+        "share_of_images_checked": _checked_share(out),
         "seconds": round(seconds, 1),
         "images_per_second_end_to_end": round(rows / seconds, 2),
         "images_per_second_steady": round(steady_rate, 2) if steady_rate else None,
@@ -226,14 +295,38 @@ def end_to_end(run: Path, folder: Path, out: Path, total: int, args: argparse.Na
     }
 
 
+def ratios(end: dict) -> dict:
+    """Each pipeline's end-to-end images/s over the baseline's (None without a baseline run)."""
+    base = end.get("baseline", {}).get("images_per_second_end_to_end")
+    return {
+        name: round(run["images_per_second_end_to_end"] / base, 3) if base else None
+        for name, run in end.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("runs/bench-predict"))
     parser.add_argument("--files", type=int, default=20_000)
     parser.add_argument("--unique", type=int, default=300)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--baseline", type=int, default=200, help="Files for the in-process baselines.")
-    parser.add_argument("--batch-size", type=int, default=16, help="Batch size of the in-process runs.")
+    parser.add_argument("--size", type=int, default=512, help="The baseline model's input size.")
+    parser.add_argument(
+        "--in-process-files",
+        "--baseline",
+        dest="in_process_files",
+        type=int,
+        default=160,
+        help="Files for the in-process runs.",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of the in-process runs.")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="Batch size of the in-process runs (default: theirs)."
+    )
+    parser.add_argument(
+        "--pipelines",
+        default=",".join(PIPELINES),
+        help=f"Comma-separated pipelines to run end to end (of {', '.join(PIPELINES)}).",
+    )
     parser.add_argument(
         "--workers", type=int, default=None, help="--workers of the command (default: its own)."
     )
@@ -242,13 +335,22 @@ def main() -> None:
         "--threads", type=int, default=0, help="OMP_NUM_THREADS for the command (0: default)."
     )
     parser.add_argument("--every", type=float, default=2.0, help="Seconds between memory samples.")
-    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--skip-in-process", "--skip-baselines", dest="skip_in_process", action="store_true")
+    parser.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="Also run each pipeline end to end with OMP_WAIT_POLICY=PASSIVE (NAME+omp_passive): OpenMP "
+        "threads that sleep instead of spinning while they wait, see docs/predict.md.",
+    )
     args = parser.parse_args()
+    pipelines = [name.strip() for name in args.pipelines.split(",") if name.strip()]
+    for name in pipelines:
+        pipeline_args(name, Path())  # fails fast on a typo
 
     classes = ["human", "novelai", "sd1-merges", "gen-c", "gen-d"]  # 5 classes, as in the paper
-    unique = make_jpegs(args.work / "unique", args.unique, args.size)
+    unique = make_jpegs(args.work / "unique", args.unique, 512)
     folder = link_files(unique, args.work / "files", args.files)
-    run = make_run(args.work / f"run-{args.size}", args.size, classes)
+    baseline_run = make_run(args.work / f"run-{args.size}", args.size, classes)
     files = sorted(folder.rglob("*.jpg"))
     report = {
         "machine": {
@@ -257,17 +359,34 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "ld_preload": os.environ.get("LD_PRELOAD", ""),
+            "load_average_before": [round(v, 2) for v in os.getloadavg()],
         },
-        "model": {"variant": "cnn-dct-mask", "size": args.size, "classes": len(classes)},
+        "pipelines": {
+            "default": "reference model (cnn-npr-dct, 64 px tiles), stability checks on",
+            "default_no_stability": "reference model, --no-stability",
+            "baseline": f"untrained cnn-dct-mask at {args.size} px, {len(classes)} classes, --no-stability",
+        },
         "inputs": {
             "unique_jpegs": len(unique),
             "files": len(files),
             "mean_bytes": int(np.mean([p.stat().st_size for p in unique])),
         },
     }
-    if not args.skip_baselines:
-        report["in_process_images_per_second"] = in_process(run, files[: args.baseline], args.batch_size)
-    report["end_to_end"] = end_to_end(run, folder, args.work / "out.jsonl", len(files), args)
+    if not args.skip_in_process:
+        report["in_process"] = in_process(baseline_run, files[: args.in_process_files], args)
+    end = {}
+    for name in pipelines:
+        out = args.work / f"out-{name}.jsonl"
+        end[name] = end_to_end(name, baseline_run, folder, out, len(files), args)
+        if args.omp_passive:
+            passive = {"OMP_WAIT_POLICY": "PASSIVE"}
+            out = args.work / f"out-{name}-omp-passive.jsonl"
+            end[f"{name}+omp_passive"] = end_to_end(
+                name, baseline_run, folder, out, len(files), args, passive
+            )
+    report["end_to_end"] = end
+    report["end_to_end_ratio_vs_baseline"] = ratios(end)
+    report["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     text = json.dumps(report, indent=2)
     (args.work / f"result-{args.files}.json").write_text(text + "\n")
     print(text)

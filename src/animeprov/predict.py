@@ -214,13 +214,20 @@ def prepare(
 # Mild changes a verdict should survive (users report detectors whose verdict flips from 0.4 to 0.9 after a
 # resize): re-encoding at high quality and a few-pixel shift of the view grid.
 STABILITY_CHECKS = ("jpeg:90", "webp:90", "shift:4")
+# libwebp effort for the "webp:Q" check: method 0 encodes a 512 px image ~2.5x faster than the default 4
+# (~10 vs 25-29 ms, the costliest step of a check), and its verdicts are as close to method 4's as those
+# at quality 91 are to quality 90's (benchmarks/webp_check_method.py, docs/predict.md): the check still
+# asks whether the verdict survives a user's WebP 90 re-encode. Training augmentation and `perturb` keep 4.
+CHECK_WEBP_METHOD = 0
 
 
 def parse_check(check: str) -> tuple[str, int]:
-    """ "jpeg:90" -> ("jpeg", 90); ValueError for anything but jpeg:Q, webp:Q or shift:N."""
+    """ "jpeg:90" -> ("jpeg", 90); ValueError for anything but jpeg:Q, webp:Q (Q in 1..100) or shift:N."""
     kind, _, value = check.partition(":")
     if kind not in ("jpeg", "webp", "shift") or not value.isdigit():
         raise ValueError(f"unknown stability check {check!r}; expected jpeg:Q, webp:Q or shift:N")
+    if kind != "shift" and not 1 <= int(value) <= 100:
+        raise ValueError(f"stability check {check!r}: the quality must be in 1..100")
     return kind, int(value)
 
 
@@ -246,9 +253,12 @@ def stability_variant(pixels: np.ndarray, check: str, size: int) -> np.ndarray |
         if min(pixels.shape[:2]) - value < size:
             return None
         return pixels[value:, value:]
-    from animeprov.perturb import perturb
+    from animeprov.perturb import decode, encode_jpeg, encode_webp
 
-    return perturb(pixels, check)
+    if kind == "webp":
+        # The check's WebP encoder effort is CHECK_WEBP_METHOD, not perturb's 4 (which training uses).
+        return decode(encode_webp(pixels, value, method=CHECK_WEBP_METHOD))
+    return decode(encode_jpeg(pixels, value))
 
 
 def _source_name(item: Item) -> str:
@@ -311,6 +321,14 @@ def _prepared_stream(
 # ----------------------------------------------------------------------------------------------
 # The predictor
 # ----------------------------------------------------------------------------------------------
+
+
+def default_batch_size(size: int) -> int:
+    """Views per model batch when none is given: about 2**19 pixels, at least 16 views (views of 181 px
+    and more: 16, the long-standing default) and at most 128 (64 px tiles, two 512 px images). Small views
+    need large batches: a model call has a fixed cost (dispatch, per-layer set-up) that 16 tiles of 64 px do
+    not amortise (128 a batch measured ~1.2x faster than 16 for the reference model on CPU)."""
+    return max(16, min(128, (1 << 19) // (size * size)))
 
 
 class Predictor:
@@ -461,8 +479,9 @@ class Predictor:
         return log_probs, None if self.familiarity is None else features.float().cpu().numpy()
 
     def _batched_forward(
-        self, views: np.ndarray, batch_size: int = 32
+        self, views: np.ndarray, batch_size: int | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        batch_size = batch_size or default_batch_size(self.size)
         parts = [self._forward(views[i : i + batch_size]) for i in range(0, len(views), batch_size)]
         features = None if self.familiarity is None else np.concatenate([f for _, f in parts])
         return np.concatenate([p for p, _ in parts]), features
@@ -571,16 +590,24 @@ class Predictor:
         )
 
     def predict_many(
-        self, items: Iterable[Item], *, view: str = "auto", batch_size: int = 32, workers: int = 0
+        self,
+        items: Iterable[Item],
+        *,
+        view: str = "auto",
+        batch_size: int | None = None,
+        workers: int = 0,
     ) -> Iterator[ImagePrediction]:
         """Predictions for many images, yielded in input order as soon as each is done.
 
-        Items are consumed lazily; views of several images share a batch (`batch_size` views), so memory is
-        bounded by a few batches. `workers` > 0 decodes in that many DataLoader processes. A bad file never
-        raises: its prediction has `error` set. An image's stability-check views join the queue once its own
-        views are judged, and only when they can still change the verdict.
+        Items are consumed lazily; views of several images share a batch (`batch_size` views, default
+        `default_batch_size` of the model's input size), so memory is bounded by a few batches. `workers`
+        > 0 decodes in that many DataLoader processes. A bad file never raises: its prediction has `error`
+        set. An image's stability-check views join the queue once its own views are judged, and only when
+        they can still change the verdict.
         """
         choose_view(0, 0, self.size, view)
+        if batch_size is None:
+            batch_size = default_batch_size(self.size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         stream = _prepared_stream(items, self.size, view, self.load_rules, workers, bool(self.checks))

@@ -365,8 +365,11 @@ def predict(
         help="auto (crop when the image is the model size, tiles when larger), crop, tiles, pad, "
         "or resize (resamples: destroys generator fingerprints).",
     ),
-    batch_size: int = typer.Option(
-        16, min=1, help="Views per model batch (tiles of several images share one)."
+    batch_size: int | None = typer.Option(
+        None,
+        min=1,
+        help="Views per model batch (tiles of several images share one). Default: by the model's input "
+        "size, 16 views of 181 px or more, up to 128 small tiles (128 for the reference model's 64 px).",
     ),
     workers: int = typer.Option(
         -1,

@@ -78,7 +78,9 @@ def scan(
     ),
     recursive: bool = typer.Option(True, help="Walk folders recursively."),
     view: str = typer.Option("auto", help="As for predict: auto, crop, tiles, pad, resize."),
-    batch_size: int = typer.Option(16, min=1, help="Views per model batch."),
+    batch_size: int | None = typer.Option(
+        None, min=1, help="Views per model batch (default: predict's, by the model's input size)."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
     thumb_size: int = typer.Option(96, min=0, help="Thumbnail longest side in px (0: none)."),
 ) -> None:
@@ -104,13 +106,9 @@ def scan(
     command = typer.Typer()
     command.command()(predict)
     args = [*paths, "--model", str(chosen), "--out", str(preds), "--format", "jsonl", "--view", view]
-    args += [
-        "--batch-size",
-        str(batch_size),
-        "--device",
-        device,
-        "--recursive" if recursive else "--no-recursive",
-    ]
+    args += ["--device", device, "--recursive" if recursive else "--no-recursive"]
+    if batch_size is not None:
+        args += ["--batch-size", str(batch_size)]
     if heatmaps is not None:
         args += ["--heatmaps", str(heatmaps)]
     code = typer.main.get_command(command).main(args, prog_name="animeprov scan", standalone_mode=False)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
+import scipy.fft
 import torch
 from torch import nn
 
@@ -38,9 +40,16 @@ def npr_residual(x: torch.Tensor) -> torch.Tensor:
     local correlation that an upsampling layer (and a latent decoder's 2x steps) leaves between neighbours,
     and drops most of the content. Odd sides: the last row/column is its own block's top-left (residual 0).
     """
-    anchors = x[..., ::2, ::2]
-    upsampled = anchors.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
-    return x - upsampled[..., : x.shape[-2], : x.shape[-1]]
+    height, width = x.shape[-2:]
+    if height % 2 or width % 2:
+        anchors = x[..., ::2, ::2]
+        upsampled = anchors.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+        return x - upsampled[..., :height, :width]
+    # Even sides (every model size): each pair of rows minus its anchors widened 2x, broadcast over the pair.
+    # The same subtractions (bit-identical), but the broadcast runs along whole rows instead of an anchor
+    # image upsampled both ways: ~1.8x faster on CPU for NCHW inputs, ~1.2x for channels_last.
+    anchors = x[..., ::2, ::2].repeat_interleave(2, dim=-1)
+    return (x.unflatten(-2, (height // 2, 2)) - anchors.unsqueeze(-2)).flatten(-3, -2)
 
 
 def highpass_residual(x: torch.Tensor) -> torch.Tensor:
@@ -117,11 +126,14 @@ class DCTStem(nn.Module):
     def is_fitted(self) -> bool:
         return bool(self.fitted)
 
-    def log_dct(self, x: torch.Tensor) -> torch.Tensor:
-        """log(|DCT(x)| + eps) per channel, without the normalisation."""
+    def _check_input(self, x: torch.Tensor) -> None:
         expected = (self.channels, self.size, self.size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"DCTStem expects (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+
+    def log_dct(self, x: torch.Tensor) -> torch.Tensor:
+        """log(|DCT(x)| + eps) per channel, without the normalisation."""
+        self._check_input(x)
         if self.residual is not None:
             x = RESIDUALS[self.residual](x)
         coefficients = dct2(x, self.dct_backend)
@@ -135,10 +147,58 @@ class DCTStem(nn.Module):
         # Always float32, even under AMP: in fp16/bf16 the matrix DCT's sums lose most digits of the small
         # high-frequency coefficients that carry generator fingerprints (a third of the outputs off by more
         # than 0.05 std in fp16 at 512 px). The layers after the stem may still run in reduced precision.
+        if self._inference_on_cpu(x):
+            return self._cpu_inference(x)
         if x.device.type not in _AUTOCAST_DEVICES:  # e.g. "meta" for FLOP counting: no autocast there
             return self._normalised_log_dct(x.float())
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self._normalised_log_dct(x.float())
+
+    def _inference_on_cpu(self, x: torch.Tensor) -> bool:
+        """Whether `_cpu_inference` applies: CPU, no autograd (so never in training, nor for saliency), the
+        scipy DCT, float32 statistics, and not while torch.compile / torch.export traces."""
+        return (
+            x.device.type == "cpu"
+            and self.mean.device.type == "cpu"
+            and self.mean.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and self.dct_backend in ("auto", "scipy")
+            and not torch.compiler.is_compiling()
+        )
+
+    def _cpu_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """`_normalised_log_dct` for CPU inference, equal up to float rounding (checked against the plain
+        path in tests/test_inference_paths.py), ~1.3x faster on 64 px tiles:
+
+        - one float32 copy to NCHW first: the residual and the DCT then run along contiguous rows. In
+          channels_last memory a row interleaves the three channels, and NPR's anchor broadcast becomes a
+          gather of 3-float runs (the NCHW copy and the final strided write cost less than that).
+        - abs, log and the standardisation in numpy, in place on the DCT's fresh output: numpy's log is
+          ~2.5x faster than torch's on CPU (SIMD), and in place nothing is allocated.
+        - the last step (the division by std) writes straight into the input's layout: channels_last in,
+          channels_last out, as the convolutions after the stem want (engine.prepare_model).
+        """
+        self._check_input(x)
+        channels_last = _is_channels_last(x)
+        x = x.float().contiguous()
+        residual = RESIDUALS[self.residual](x) if self.residual is not None else x
+        values = scipy.fft.dctn(
+            residual.numpy(),
+            type=2,
+            axes=(-2, -1),
+            norm="ortho",
+            workers=torch.get_num_threads(),
+            overwrite_x=self.residual is not None,  # the residual is ours; the caller's pixels are not
+        )
+        np.abs(values, out=values)
+        values += self.eps
+        np.log(values, out=values)
+        values -= self.mean.numpy()
+        out = torch.empty(
+            x.shape, memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
+        np.divide(values, self.std.numpy(), out=out.numpy())
+        return out
 
     def _normalised_log_dct(self, x: torch.Tensor) -> torch.Tensor:
         values = self.log_dct(x)
