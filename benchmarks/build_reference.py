@@ -433,10 +433,7 @@ def _write_licences(info: dict, path: Path) -> None:
         "",
         f"Built from: {info['built_from']}.",
         "",
-        "- The model (model.safetensors, calibration.json, familiarity.safetensors, fingerprints/): MIT,",
-        "  like animeprov's code (LICENSE at the top of the repository).",
-        "- The taef2 decoder that made the decoder-trace training pairs (animeprov/weights/taef2): MIT, see",
-        "  its LICENSE.",
+        *_model_licence_lines(info),
         "- The training images are NOT shipped, only their file names and sha256 (training-data.csv).",
         "  Their licences, per source, are below. Several sources are research use only, development use",
         "  only or all rights reserved: the model learnt from them under research use; check them before",
@@ -450,6 +447,33 @@ def _write_licences(info: dict, path: Path) -> None:
         licence = " ".join(str(entry["licence"] or "not stated").split()).replace("|", "/")
         lines.append(f"| {entry['dataset']} | {entry['source']} | {entry['class']} | {images} | {licence} |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _model_licence_lines(info: dict) -> list[str]:
+    """Who owns what in the weights: ours (MIT), or fine-tuned from ImageNet weights (Apache-2.0); the taef2
+    decoder's licence when it made training pairs."""
+    from animeprov.recipe import recipe_values
+
+    recipe = recipe_values(info["recipe"], info["overrides"])
+    if recipe["init"] == "imagenet":
+        lines = [
+            "- model.safetensors: fine-tuned from the EfficientNet-Lite0 ImageNet weights (Copyright Google",
+            "  LLC; converted by ML Illustrated), Apache License 2.0:",
+            "  animeprov/weights/efficientnet-lite0/LICENSE.",
+            "- The other files (calibration.json, familiarity.safetensors, fingerprints/): MIT, like",
+            "  animeprov's code (LICENSE at the top of the repository).",
+        ]
+    else:
+        lines = [
+            "- The model (model.safetensors, calibration.json, familiarity.safetensors, fingerprints/): MIT,",
+            "  like animeprov's code (LICENSE at the top of the repository).",
+        ]
+    if recipe["pairs"] == "taef2":
+        lines += [
+            "- The taef2 decoder that made the decoder-trace training pairs (animeprov/weights/taef2): MIT,",
+            "  see its LICENSE.",
+        ]
+    return lines
 
 
 def card_tables(info: dict) -> str:

@@ -46,16 +46,18 @@ ROWS: dict[str, tuple[str, dict]] = {
 
 
 # An ImageNet-pretrained backbone (EfficientNet-Lite0) with the best ladder settings; a lower learning rate,
-# as usual when fine-tuning pretrained weights.
+# as usual when fine-tuning pretrained weights. Listed after the ladder, whose settings they build on.
 PRETRAINED = {**PATCHES, **EQUAL_AUGMENT, **BALANCED, "init": "imagenet", "lr": 3e-4}
-ROWS["effnet-pixel, ImageNet init, equal augmentation, source sampling, binary loss"] = (
-    "paper",
-    {**PRETRAINED, "variant": "effnet-pixel"},
-)
-ROWS["effnet-npr, ImageNet init, equal augmentation, source sampling, binary loss"] = (
-    "paper",
-    {**PRETRAINED, "variant": "effnet-npr"},
-)
+PRETRAINED_ROWS: dict[str, tuple[str, dict]] = {
+    "effnet-pixel, ImageNet init, equal augmentation, source sampling, binary loss": (
+        "paper",
+        {**PRETRAINED, "variant": "effnet-pixel"},
+    ),
+    "effnet-npr, ImageNet init, equal augmentation, source sampling, binary loss": (
+        "paper",
+        {**PRETRAINED, "variant": "effnet-npr"},
+    ),
+}
 
 
 def add_ladder(stem_variant: str) -> None:
@@ -71,6 +73,7 @@ def add_ladder(stem_variant: str) -> None:
         "paper",
         {**base, **EQUAL_AUGMENT, **BALANCED, "pairs": "taef2"},
     )
+    ROWS.update(PRETRAINED_ROWS)
 
 
 def slug(name: str) -> str:
