@@ -167,3 +167,32 @@ def test_cli_train_reports_a_missing_wheel_in_one_line(tiny_split, tmp_path, mon
         app, [*args, "--variant", "cnn-pixel", "--set", "init=imagenet", "--out", str(tmp_path / "b")]
     )
     assert result.exit_code == 2 and "no ImageNet weights" in " ".join(result.output.split())
+
+
+def test_folding_batchnorm_keeps_the_function_and_the_predictor_does_it():
+    from animeprov.models.efficientnet import fold_batchnorm
+    from animeprov.predict import Predictor
+
+    torch.manual_seed(0)
+    model = create_model("effnet-pixel", 3, 64)
+    for module in model.modules():  # statistics unlike the identity, so that folding has work to do
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(model)
+    model.eval()
+    images = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        before = model(images)
+        assert fold_batchnorm(model) == 49  # stem, 15 expand + 16 depthwise + 16 project convs, head
+        after = model(images)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert fold_batchnorm(model) == 49 and torch.equal(model(images), after)  # folding twice changes nothing
+
+    fresh = create_model("effnet-pixel", 3, 64)
+    predictor = Predictor(fresh, classes=["human", "a", "b"], size=64, variant="effnet-pixel")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.model.modules())

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.special import log_softmax
 
+from animeprov.models import create_model
 from animeprov.models.cnn import AvgPool2x2, avg_pool_2x2
 from animeprov.perturb import decode, encode_webp, perturb
 from animeprov.predict import (
@@ -150,12 +151,12 @@ def test_dct_stem_keeps_the_plain_path_where_the_fast_one_cannot_run():
 
 
 # ----------------------------------------------------------------------------------------------------
-# The bundled reference model, end to end
+# A cnn-npr-dct model (the `traces` recipe's), end to end
 
 
 def reference_log_probs(model: torch.nn.Module, views: np.ndarray) -> np.ndarray:
-    """The reference model (cnn-npr-dct: DCT stem with NPR residual, SmallCNN) written out plainly: the
-    stem from its definition, then F.conv2d / ReLU / F.avg_pool2d / linear on NCHW tensors."""
+    """A cnn-npr-dct model (DCT stem with NPR residual, SmallCNN) written out plainly: the stem from its
+    definition, then F.conv2d / ReLU / F.avg_pool2d / linear on NCHW tensors."""
     stem = model.stem
     pixels = views.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
     x = torch.from_numpy(stem_by_hand(pixels, stem.mean.numpy(), stem.std.numpy(), True, stem.eps))
@@ -171,13 +172,17 @@ def reference_log_probs(model: torch.nn.Module, views: np.ndarray) -> np.ndarray
 
 
 @pytest.fixture(scope="module")
-def reference_predictor() -> Predictor:
-    return Predictor.reference(device="cpu", checks=())
+def npr_dct_predictor() -> Predictor:
+    """cnn-npr-dct at 64 px with seeded random weights and DCT statistics of realistic spread."""
+    torch.manual_seed(0)
+    model = create_model("cnn-npr-dct", 6, 64)
+    model.stem.set_statistics(torch.randn(3, 64, 64) - 6.0, torch.rand(3, 64, 64) + 0.5)
+    classes = ["human", "a", "b", "c", "d", "e"]
+    return Predictor(model, classes=classes, size=64, variant="cnn-npr-dct", device="cpu", checks=())
 
 
-def test_reference_model_log_probs_match_a_plain_implementation(reference_predictor):
-    predictor = reference_predictor
-    assert predictor.variant == "cnn-npr-dct" and predictor.size == 64
+def test_npr_dct_model_log_probs_match_a_plain_implementation(npr_dct_predictor):
+    predictor = npr_dct_predictor
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, size=(32, 64, 64, 3), dtype=np.uint8)
     tiles = np.stack(
@@ -196,17 +201,17 @@ def test_reference_model_log_probs_match_a_plain_implementation(reference_predic
         np.testing.assert_allclose(fast, plain, atol=1e-4, rtol=0)
 
 
-def test_default_batch_size_by_view_size(reference_predictor, monkeypatch):
+def test_default_batch_size_by_view_size(npr_dct_predictor, monkeypatch):
     assert default_batch_size(64) == 128
     assert default_batch_size(128) == 32
     assert default_batch_size(256) == default_batch_size(512) == 16
     sizes = []
-    forward = reference_predictor._forward
+    forward = npr_dct_predictor._forward
     monkeypatch.setattr(
-        reference_predictor, "_forward", lambda views: sizes.append(len(views)) or forward(views)
+        npr_dct_predictor, "_forward", lambda views: sizes.append(len(views)) or forward(views)
     )
     images = [Image.fromarray(drawing(256, seed)) for seed in range(10)]  # 16 tiles each
-    results = list(reference_predictor.predict_many(images))
+    results = list(npr_dct_predictor.predict_many(images))
     assert len(results) == 10 and sizes == [128, 32]
 
 

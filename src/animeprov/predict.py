@@ -48,6 +48,7 @@ from animeprov.io import (
     sha256_file,
     tile_grid,
 )
+from animeprov.models.efficientnet import fold_batchnorm
 
 PREDICT_VIEWS = ("auto", *VIEW_MODES)
 # Threshold names accepted by `thresholds=`, as Calibration.with_thresholds calls them.
@@ -361,6 +362,7 @@ class Predictor:
             raise ValueError(f"human class {human_class!r} is not among the model's classes {classes}")
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
         self.model = prepare_model(model, self.device).eval()
+        fold_batchnorm(self.model)  # inference only, as here: BatchNorm folded into the convs, ~1.5x faster
         self.classes = list(classes)
         self.size = int(size)
         self.variant = variant

