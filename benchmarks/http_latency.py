@@ -7,10 +7,10 @@ HTTP connection, together send `--requests` POST /v1/predict uploads of the same
 95th-percentile latency, requests per second, and the ratios to the baseline model measured in the same run.
 
 Models:
-- `reference`: what `animeprov serve` serves without a run, the bundled reference model (cnn-npr-dct, 64 px
-  tiles: 64 per 512 px upload) with its calibration, familiarity check and stability checks. The checks
-  (JPEG 90, WebP 90, 4 px shift: three more model passes) run only when the verdict would otherwise be
-  committed, so the cost of a request depends on the image: hence two uploads (below).
+- `reference`: what `animeprov serve` serves without a run, the bundled reference model (its variant is
+  printed; 64 px tiles: 64 per 512 px upload) with its calibration, familiarity and stability checks.
+  The checks (JPEG 90, WebP 90, 4 px shift: three more model passes) run only when the verdict would
+  otherwise be committed, so the cost of a request depends on the image: hence two uploads (below).
 - `baseline`: what this benchmark measured before (docs/serve.md): a throwaway run written first,
   `--variant` (cnn-dct-mask) at `--size`, RANDOM-INITIALISED weights with the DCT stem statistics fitted on
   a few noise images, no calibration (so no checks). Its verdicts mean nothing; its cost per request is that
@@ -259,6 +259,14 @@ def ratios(results: dict, baseline: str = "baseline") -> dict:
     return out
 
 
+def reference_model() -> str:
+    """ "VARIANT, SIZE px tiles" of the bundled reference model (its reference.json)."""
+    from animeprov.reference import bundle_info, resolve_run
+
+    info = bundle_info(resolve_run("reference"))
+    return f"{info['variant']}, {info['size']} px tiles"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -319,7 +327,7 @@ def main() -> None:
         for name in models:
             if name == "reference":
                 model_names[name] = (
-                    "the bundled reference model (`serve` without a run): cnn-npr-dct, 64 px tiles"
+                    f"the bundled reference model (`serve` without a run): {reference_model()}"
                 )
                 results[name] = measure(None, uploads, args)
             else:

@@ -8,8 +8,8 @@ prints JSON.
    ../shared/data/anime-real-256 beside the checkout (random pixels if that is missing), hard-linked under
    `--files` names in folders of 1000, so the long run reads many distinct paths without their disk space.
 2. Three pipelines, measured in the same run so that their ratios survive a noisy machine:
-   - `default`: what `animeprov predict FOLDER` does: the bundled reference model (cnn-npr-dct, 64 px
-     tiles, 64 per 512 px image) with its calibration, familiarity check and stability checks (JPEG 90,
+   - `default`: what `animeprov predict FOLDER` does: the bundled reference model (its variant is printed;
+     64 px tiles, 64 per 512 px image) with its calibration, familiarity check and stability checks (JPEG 90,
      WebP 90, 4 px shift; they run only for a verdict that would otherwise be committed);
    - `default_no_stability`: the same with `--no-stability`;
    - `baseline`: the pipeline this benchmark measured before (README's 49.9 images/s): an untrained
@@ -304,6 +304,14 @@ def ratios(end: dict) -> dict:
     }
 
 
+def reference_model() -> str:
+    """ "VARIANT, SIZE px tiles" of the bundled reference model (its reference.json)."""
+    from animeprov.reference import bundle_info, resolve_run
+
+    info = bundle_info(resolve_run("reference"))
+    return f"{info['variant']}, {info['size']} px tiles"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("runs/bench-predict"))
@@ -362,7 +370,7 @@ def main() -> None:
             "load_average_before": [round(v, 2) for v in os.getloadavg()],
         },
         "pipelines": {
-            "default": "reference model (cnn-npr-dct, 64 px tiles), stability checks on",
+            "default": f"reference model ({reference_model()}), stability checks on",
             "default_no_stability": "reference model, --no-stability",
             "baseline": f"untrained cnn-dct-mask at {args.size} px, {len(classes)} classes, --no-stability",
         },
