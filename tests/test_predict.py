@@ -358,8 +358,8 @@ def test_stability_checks_run_only_when_they_can_change_a_committed_verdict(tmp_
     assert [r.checks.keys() for r in streamed] == [r.checks.keys() for r in single]
     for one, many in zip(single, streamed, strict=True):
         assert one.p_generated == pytest.approx(many.p_generated, abs=1e-6)
-        for name in one.checks:
-            assert one.checks[name]["p_generated"] == pytest.approx(many.checks[name]["p_generated"], abs=1e-5)
+        for name, check in one.checks.items():
+            assert check["p_generated"] == pytest.approx(many.checks[name]["p_generated"], abs=1e-5)
     # between the thresholds the verdict is "unsure" whatever a re-encoding says: no check is run
     encoded.clear()
     undecided = Predictor.from_checkpoint(calibrated_run, thresholds={"ai": 1.0, "artist": 0.0})
