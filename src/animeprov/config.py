@@ -32,7 +32,8 @@ DEFAULT_KNOWN_PASS_RATE = 0.95  # known-generator images that must not be called
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """One of the paper's six models: a backbone, an input stem and whether CBAM masks the stem output."""
+    """A model variant (the paper's six and ours): a backbone, an input stem and whether CBAM masks the stem
+    output."""
 
     name: str
     backbone: str  # "cnn" | "pooled-cnn" | "xception" | "efficientnet-lite0"
