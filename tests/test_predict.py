@@ -365,3 +365,15 @@ def test_stability_checks_run_only_when_they_can_change_a_committed_verdict(tmp_
     undecided = Predictor.from_checkpoint(calibrated_run, thresholds={"ai": 1.0, "artist": 0.0})
     results = [undecided.predict(paths[0]), *undecided.predict_many(paths)]
     assert encoded == [] and all(r.verdict == "unsure" and r.checks == {} for r in results)
+
+
+def test_a_check_that_cannot_be_made_is_skipped_with_a_note(tmp_path):
+    # WebP holds at most 16383 px a side: a long webtoon strip cannot be re-encoded as WebP
+    calibrated_run = make_run(
+        tmp_path / "cal", calibration={"temperature": 1.0, "ai_threshold": 0.0, "artist_threshold": 0.0}
+    )
+    strip = write_image(tmp_path / "strip.png", 16400, SIZE + 8)
+    predictor = Predictor.from_checkpoint(calibrated_run)
+    for result in (predictor.predict(strip), *predictor.predict_many([strip, strip])):
+        assert result.error is None and set(result.checks) == {"jpeg:90", "shift:4"}
+        assert any(note.startswith("stability check webp:90 skipped: ValueError") for note in result.notes)

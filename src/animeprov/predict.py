@@ -234,10 +234,16 @@ def parse_check(check: str) -> tuple[str, int]:
 
 def stability_views(prepared: Prepared, checks: Sequence[str], size: int, view: str) -> np.ndarray | None:
     """The views of each of `checks`' copies of the image (in `prepared.pixels`), appended to
-    `prepared.groups` in order; None when no check applies (an image too small to shift)."""
+    `prepared.groups` in order; None when no check applies (an image too small to shift). A copy that
+    cannot be made (WebP holds at most 16383 px a side: a long webtoon strip) is skipped with a note: one
+    image never stops a stream, and its verdict then rests on the checks that ran."""
     views: list[np.ndarray] = []
     for check in checks:
-        variant = stability_variant(prepared.pixels, check, size)
+        try:
+            variant = stability_variant(prepared.pixels, check, size)
+        except Exception as error:  # PIL raises several types for images an encoder refuses
+            prepared.notes.append(f"stability check {check} skipped: {type(error).__name__}: {error}")
+            continue
         if variant is not None:
             chosen = choose_view(*variant.shape[:2], size, view)
             extra = make_views(variant, size, chosen, path=prepared.source)
