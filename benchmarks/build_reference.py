@@ -397,7 +397,7 @@ def _reference_info(settings, rows, config, summary, test, bundle: Path) -> dict
         }
         | {"target_fpr": calibration.get("target_fpr")},
         "licences": {
-            "model": "MIT (the weights, like the code)",
+            "model": _model_licence(settings)[0],
             "data": "per source in `sources` and training-data.csv; several sets are research use only",
         },
         "card": "docs/model-card.md",
@@ -433,7 +433,7 @@ def _write_licences(info: dict, path: Path) -> None:
         "",
         f"Built from: {info['built_from']}.",
         "",
-        *_model_licence_lines(info),
+        *_model_licence(info)[1],
         "- The training images are NOT shipped, only their file names and sha256 (training-data.csv).",
         "  Their licences, per source, are below. Several sources are research use only, development use",
         "  only or all rights reserved: the model learnt from them under research use; check them before",
@@ -449,13 +449,18 @@ def _write_licences(info: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _model_licence_lines(info: dict) -> list[str]:
-    """Who owns what in the weights: ours (MIT), or fine-tuned from ImageNet weights (Apache-2.0); the taef2
-    decoder's licence when it made training pairs."""
+def _model_licence(settings: dict) -> tuple[str, list[str]]:
+    """The model's licence in short (reference.json, `animeprov models`, /v1/model) and as LICENCES.md's
+    lines: ours (MIT), or fine-tuned from ImageNet weights (Apache-2.0); the taef2 decoder's licence when it
+    made training pairs. `settings`: the build's (or reference.json's) recipe and overrides."""
     from animeprov.recipe import recipe_values
 
-    recipe = recipe_values(info["recipe"], info["overrides"])
+    recipe = recipe_values(settings["recipe"], settings["overrides"])
     if recipe["init"] == "imagenet":
+        summary = (
+            "Apache-2.0 (the weights: fine-tuned from EfficientNet-Lite0 ImageNet weights, "
+            "animeprov/weights/efficientnet-lite0/LICENSE); the other files MIT"
+        )
         lines = [
             "- model.safetensors: fine-tuned from the EfficientNet-Lite0 ImageNet weights (Copyright Google",
             "  LLC; converted by ML Illustrated), Apache License 2.0:",
@@ -464,6 +469,7 @@ def _model_licence_lines(info: dict) -> list[str]:
             "  animeprov's code (LICENSE at the top of the repository).",
         ]
     else:
+        summary = "MIT (the weights, like the code)"
         lines = [
             "- The model (model.safetensors, calibration.json, familiarity.safetensors, fingerprints/): MIT,",
             "  like animeprov's code (LICENSE at the top of the repository).",
@@ -473,7 +479,7 @@ def _model_licence_lines(info: dict) -> list[str]:
             "- The taef2 decoder that made the decoder-trace training pairs (animeprov/weights/taef2): MIT,",
             "  see its LICENSE.",
         ]
-    return lines
+    return summary, lines
 
 
 def card_tables(info: dict) -> str:

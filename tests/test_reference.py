@@ -218,6 +218,7 @@ def test_build_script_builds_a_bundle_that_its_check_reproduces(tmp_path):
     assert (bundle / "fingerprints" / "index.json").is_file()
     # the default recipe fine-tunes ImageNet weights: their licence is named beside the model's
     assert "Apache License 2.0" in (bundle / "LICENCES.md").read_text()
+    assert info["licences"]["model"].startswith("Apache-2.0")  # what `models` and /v1/model say
 
     checked = run_script("--check", "--out", bundle, "--work", tmp_path / "work-check")
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
