@@ -7,7 +7,7 @@ prints JSON.
 1. Inputs: `--unique` 512x512 JPEGs (quality 90), each a mosaic of four 256 px crops from
    ../shared/data/anime-real-256 beside the checkout (random pixels if that is missing), hard-linked under
    `--files` names in folders of 1000, so the long run reads many distinct paths without their disk space.
-2. Three pipelines, measured in the same run so that their ratios survive a noisy machine:
+2. Pipelines, measured in the same run so that their ratios survive a noisy machine:
    - `default`: what `animeprov predict FOLDER` does: the bundled reference model (its variant is printed;
      64 px tiles, 64 per 512 px image) with its calibration, familiarity check and stability checks (JPEG 90,
      WebP 90, 4 px shift; they run only for a verdict that would otherwise be committed);
@@ -15,7 +15,9 @@ prints JSON.
    - `baseline`: the pipeline this benchmark measured before (README's 49.9 images/s): an untrained
      cnn-dct-mask at `--size` (512: one crop per image) with random DCT statistics and a calibration.json,
      run with `--no-stability` as then (there were no stability checks). Throughput does not depend on the
-     weights' values.
+     weights' values;
+   - `default_bf16`, `default_no_stability_bf16`: the first two with `--precision bf16` (bfloat16
+     autocast); the in-process part also reports how far their predictions are from fp32's.
 3. In one process on the first `--in-process-files` files: reading, decoding, evidence and views alone
    (`prepare`), then `predict_many` of each pipeline at 1 and at the default number of threads, in
    `--rounds` interleaved rounds (median images/s), with the share of images whose stability checks ran.
@@ -46,13 +48,13 @@ from PIL import Image
 SHARED_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "anime-real-256"
 
 
-def make_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
+def make_jpegs(folder: Path, count: int, size: int, crops_folder: Path, seed: int = 0) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     existing = sorted(folder.glob("*.jpg"))
     if len(existing) >= count:
         return existing[:count]
     rng = np.random.default_rng(seed)
-    crops = sorted(SHARED_CROPS.rglob("*.png")) if SHARED_CROPS.is_dir() else []
+    crops = sorted(crops_folder.rglob("*.png")) if crops_folder.is_dir() else []
     half = size // 2
     paths = []
     for i in range(count):
@@ -101,11 +103,14 @@ def make_run(folder: Path, size: int, classes: list[str]) -> Path:
     return folder
 
 
-PIPELINES = ("default", "default_no_stability", "baseline")
+# NAME_bf16: NAME with `--precision bf16` (bfloat16 autocast; fast on CPUs with avx512_bf16 or AMX).
+PIPELINES = ("default", "default_no_stability", "baseline", "default_bf16", "default_no_stability_bf16")
 
 
 def pipeline_args(name: str, baseline_run: Path) -> list[str]:
-    """The `predict` arguments (before the paths) that select a pipeline's model and checks."""
+    """The `predict` arguments (before the paths) that select a pipeline's model, checks and precision."""
+    if name.endswith("_bf16"):
+        return [*pipeline_args(name.removesuffix("_bf16"), baseline_run), "--precision", "bf16"]
     if name == "default":
         return []
     if name == "default_no_stability":
@@ -118,9 +123,11 @@ def pipeline_args(name: str, baseline_run: Path) -> list[str]:
 def make_predictor(name: str, baseline_run: Path):
     from animeprov.predict import STABILITY_CHECKS, Predictor
 
+    precision = "bf16" if name.endswith("_bf16") else "auto"
+    name = name.removesuffix("_bf16")
     run = baseline_run if name == "baseline" else "reference"
     checks = STABILITY_CHECKS if name == "default" else ()
-    return Predictor.from_checkpoint(run, device="cpu", checks=checks)
+    return Predictor.from_checkpoint(run, device="cpu", checks=checks, precision=precision)
 
 
 def checks_ran(prediction) -> bool:
@@ -146,6 +153,7 @@ def in_process(baseline_run: Path, files: list[Path], args: argparse.Namespace) 
     results["prepare_only_read_decode_evidence_views"] = round(len(files) / (time.perf_counter() - start), 2)
     rates: dict[str, list[float]] = {}
     checked: dict[str, float] = {}
+    last: dict[str, list] = {}
     for model_threads in sorted({threads, 1}, reverse=True):
         torch.set_num_threads(model_threads)
         for _ in range(args.rounds):
@@ -154,6 +162,7 @@ def in_process(baseline_run: Path, files: list[Path], args: argparse.Namespace) 
                 predictions = list(predictor.predict_many(files, batch_size=args.batch_size))
                 rate = len(predictions) / (time.perf_counter() - start)
                 rates.setdefault(f"{name}_threads_{model_threads}", []).append(rate)
+                last[name] = predictions
                 judged = [p.to_dict() for p in predictions if p.error is None]
                 checked[name] = round(sum(map(checks_ran, judged)) / max(len(judged), 1), 3)
     torch.set_num_threads(threads)
@@ -167,10 +176,30 @@ def in_process(baseline_run: Path, files: list[Path], args: argparse.Namespace) 
         for key, value in medians.items()
     }
     results["share_of_images_checked"] = checked
+    results["bf16_against_fp32"] = {
+        name: agreement(last[name.removesuffix("_bf16")], last[name])
+        for name in last
+        if name.endswith("_bf16")
+    }
     results["batch_size"] = {
         name: args.batch_size or default_batch_size(predictor.size) for name, predictor in predictors.items()
     }
     return results
+
+
+def agreement(reference: list, other: list) -> dict:
+    """How far `other`'s predictions of the same files are from `reference`'s: largest |P(generated)|
+    difference, and the share of verdicts and of 0.5 decisions that differ."""
+    pairs = [(a, b) for a, b in zip(reference, other, strict=True) if a.error is None and b.error is None]
+    differences = [abs(a.p_generated - b.p_generated) for a, b in pairs]
+    return {
+        "images": len(pairs),
+        "max_abs_p_generated_difference": round(max(differences, default=0.0), 5),
+        "verdicts_changed": round(sum(a.verdict != b.verdict for a, b in pairs) / max(len(pairs), 1), 4),
+        "decisions_at_0.5_changed": round(
+            sum((a.p_generated >= 0.5) != (b.p_generated >= 0.5) for a, b in pairs) / max(len(pairs), 1), 4
+        ),
+    }
 
 
 def _memory_kb(pid: int, field: str) -> int:
@@ -237,7 +266,7 @@ def end_to_end(
     for stale in (out, out.with_name(out.name + ".done")):
         stale.unlink(missing_ok=True)
     command = [sys.executable, "-m", "animeprov", "predict", *pipeline_args(name, baseline_run)]
-    command += [str(folder), "--out", str(out), "--device", "cpu"]
+    command += [str(folder), "--out", str(out), "--device", args.device]
     if args.workers is not None:  # else the command's defaults
         command += ["--workers", str(args.workers)]
     if args.cli_batch_size is not None:
@@ -342,6 +371,17 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="OMP_NUM_THREADS for the command (0: default)."
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="--device of the command (cuda on a GPU machine; in-process runs: cpu)",
+    )
+    parser.add_argument(
+        "--crops",
+        type=Path,
+        default=SHARED_CROPS,
+        help="PNG crops for the mosaics (random pixels if missing).",
+    )
     parser.add_argument("--every", type=float, default=2.0, help="Seconds between memory samples.")
     parser.add_argument("--skip-in-process", "--skip-baselines", dest="skip_in_process", action="store_true")
     parser.add_argument(
@@ -356,7 +396,7 @@ def main() -> None:
         pipeline_args(name, Path())  # fails fast on a typo
 
     classes = ["human", "novelai", "sd1-merges", "gen-c", "gen-d"]  # 5 classes, as in the paper
-    unique = make_jpegs(args.work / "unique", args.unique, 512)
+    unique = make_jpegs(args.work / "unique", args.unique, 512, args.crops)
     folder = link_files(unique, args.work / "files", args.files)
     baseline_run = make_run(args.work / f"run-{args.size}", args.size, classes)
     files = sorted(folder.rglob("*.jpg"))
@@ -373,6 +413,7 @@ def main() -> None:
             "default": f"reference model ({reference_model()}), stability checks on",
             "default_no_stability": "reference model, --no-stability",
             "baseline": f"untrained cnn-dct-mask at {args.size} px, {len(classes)} classes, --no-stability",
+            "*_bf16": "the same with --precision bf16",
         },
         "inputs": {
             "unique_jpegs": len(unique),

@@ -16,6 +16,7 @@ Baseline in the same run: the paper's recipe (cnn-dct-mask on one centre crop of
 (issue "Speed"): default recipe >= 150 images/s at 256 px and >= 45 at 512 px on 2 cores.
 
     .venv/bin/python benchmarks/train_recipe_throughput.py --work runs/bench-train --sizes 256 512
+    python benchmarks/train_recipe_throughput.py --work /tmp/bt --device cuda --precision auto --workers 6
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def child(args: argparse.Namespace) -> None:
         data=args.data,
         seed=0,
         workers=args.workers,
-        device="cpu",
+        device=args.device,
         precision=args.precision,
         calibrate=False,
     )
@@ -114,7 +115,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="auto: fp16 AMP on CUDA"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     # child mode
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
@@ -136,7 +140,14 @@ def main() -> None:
             shutil.rmtree(run, ignore_errors=True)
             command = [sys.executable, __file__, "--child", "--recipe", recipe, "--size", str(size)]
             command += ["--data", str(split), "--run", str(run), "--epochs", str(args.epochs)]
-            command += ["--workers", str(args.workers), "--precision", args.precision]
+            command += [
+                "--workers",
+                str(args.workers),
+                "--precision",
+                args.precision,
+                "--device",
+                args.device,
+            ]
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"{recipe} at {size} px failed:\n{done.stderr[-3000:]}")
@@ -174,6 +185,7 @@ def main() -> None:
                 "epochs": args.epochs,
                 "workers": args.workers,
                 "precision": args.precision,
+                "device": args.device,
                 "results": results,
             },
             indent=1,
