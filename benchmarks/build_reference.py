@@ -80,10 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tables", action="store_true", help="print the model card's tables from --out's reference.json"
     )
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="keep --work's finished training (settings from --out's reference.json), refit what follows "
+        "it with this code (calibration, familiarity, evaluation, fingerprints) and rewrite --out",
+    )
     args = parser.parse_args(argv)
     args.work = args.work or ROOT / "runs" / ("reference-check" if args.check else "reference")
     if args.check:
         return check(args)
+    if args.recalibrate:
+        info = reference.bundle_info(args.out)
+        if info is None:
+            raise SystemExit(f"{args.out}: no {reference.INFO_FILE}, no settings to recalibrate with")
+        build(info["build"]["args"], args.out, args.work, keep_training=True)
+        return 0
     if args.tables:
         info = reference.bundle_info(args.out)
         if info is None:
@@ -140,8 +152,10 @@ def _seed_everything(seed: int) -> None:
 # Building
 
 
-def build(settings: dict, out: Path, work: Path) -> Path:
-    """Train and write the bundle to `out` (replaced as a whole); returns `out`."""
+def build(settings: dict, out: Path, work: Path, keep_training: bool = False) -> Path:
+    """Train and write the bundle to `out` (replaced as a whole); returns `out`. `keep_training`: continue
+    `work`'s run instead (train's resume refuses other data or settings), which redoes only what follows
+    the epochs: the same bundle a full build would give when the training code has not changed."""
     from animeprov.checkpoint import read_config
     from animeprov.data.manifest import write_rows
     from animeprov.data.split import split_manifest
@@ -153,9 +167,9 @@ def build(settings: dict, out: Path, work: Path) -> Path:
     recipe = recipe_values(settings["recipe"], settings["overrides"])
     _check_replaceable(work, WORK_MARKER, "--work")
     _check_replaceable(out, reference.SUMS_FILE, "--out")
-    if work.exists():
+    if work.exists() and not keep_training:
         shutil.rmtree(work)  # a fresh build every time: resuming would not be byte-identical
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     (work / WORK_MARKER).write_text(
         "scratch folder of benchmarks/build_reference.py: replaced by each build\n"
     )
@@ -196,7 +210,7 @@ def build(settings: dict, out: Path, work: Path) -> Path:
         workers=0,
     )
     run = work / "run"
-    summary = train(config, run)
+    summary = train(config, run, resume=keep_training and (run / "config.json").is_file())
     if not (run / "calibration.json").is_file():
         raise SystemExit(f"{run}: training did not calibrate ({summary['calibration']}); no bundle written")
     test = None

@@ -98,7 +98,7 @@ def make_run(folder: Path, size: int, classes: list[str]) -> Path:
     config = {"variant": "cnn-dct-mask", "classes": classes, "size": size, "human_class": "human"}
     ckpt.write_config(folder, config)
     ckpt.save_weights(model, folder / ckpt.BEST_WEIGHTS)
-    calibration = Calibration(tuple(classes), "human", 1.2, 0.9, 0.2, 0.5, 0.01, 0.05, 0.95)
+    calibration = Calibration(tuple(classes), "human", 1.2, 1.0, 0.9, 0.2, 0.5, 0.01, 0.05, 0.95)
     save_calibration(folder, calibration)
     return folder
 

@@ -152,6 +152,7 @@ def hand_calibration(**overrides) -> Calibration:
         class_names=CLASSES,
         human_class="human",
         temperature=1.0,
+        detection_temperature=1.0,
         ai_threshold=0.8,
         artist_threshold=0.3,
         unknown_threshold=0.6,
@@ -183,8 +184,53 @@ def test_verdict_band_edges_and_temperature() -> None:
     p = verdict(row, hand_calibration())["p_generated"]
     assert verdict(row, hand_calibration(ai_threshold=p))["verdict"] == "ai"  # ai includes its threshold
     assert verdict(row, hand_calibration(ai_threshold=0.9, artist_threshold=p))["verdict"] == "artist"
-    # A high temperature pulls P(generated) 0.8 towards the uniform 2/3: no longer ai.
-    assert verdict(row, hand_calibration(temperature=5.0))["verdict"] == "unsure"
+    # The class temperature leaves P(generated) alone (at T = 5 the softmax alone would pull 0.8 towards the
+    # uniform 2/3); the detection temperature pulls it towards 0.5: no longer ai.
+    assert verdict(row, hand_calibration(temperature=5.0))["p_generated"] == pytest.approx(0.8)
+    flattened = verdict(row, hand_calibration(detection_temperature=5.0))
+    assert flattened["verdict"] == "unsure"
+    assert flattened["p_generated"] == pytest.approx(1 / (1 + 4 ** (-1 / 5)))  # logit(0.8) = log 4
+
+
+def test_a_high_class_temperature_does_not_make_human_art_look_generated() -> None:
+    # Six classes, an image the model gives P(human) = 0.8. Temperature 5 over the softmax would give
+    # P(generated) = 5 * 0.04**0.2 / (0.8**0.2 + 5 * 0.04**0.2) = 0.733, and "ai" at a 0.7 threshold.
+    classes = ("human", "a", "b", "c", "d", "e")
+    row = np.array([0.8, 0.04, 0.04, 0.04, 0.04, 0.04])
+    assert 1 - apply_temperature(row[None, :], 5.0)[0, 0] == pytest.approx(0.7331, abs=1e-4)
+    calibration = hand_calibration(class_names=classes, temperature=5.0, ai_threshold=0.7)
+    judged = verdict(row, calibration)
+    assert judged["p_generated"] == pytest.approx(0.2) and judged["verdict"] == "artist"
+    calibrated = calibration.probabilities(row[None, :])[0]
+    assert calibrated.sum() == pytest.approx(1.0) and calibrated[0] == pytest.approx(0.8)
+    np.testing.assert_allclose(calibrated[1:], 0.04)  # equal generators keep equal shares
+
+
+def test_detection_temperature_is_fitted_on_generated_against_human() -> None:
+    # A model three times over-confident about "generated": its detection logit is 3x the true one, and
+    # the labels are drawn with the true probabilities. The fitted detection temperature undoes it.
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(0, 1.5, 6000)
+    generated = rng.random(6000) < 1 / (1 + np.exp(-true_logit))
+    p_generated = 1 / (1 + np.exp(-3 * true_logit))
+    share = rng.dirichlet([2, 2], 6000)  # which generator: unrelated to detection
+    probs = np.column_stack([p_generated[:, None] * share, 1 - p_generated])
+    labels = np.where(generated, rng.integers(0, 2, 6000), 2)
+    calibration = fit_calibration(probs, labels, CLASSES, target_fpr=0.05)
+    assert calibration.detection_temperature == pytest.approx(3.0, rel=0.1)
+    m = calibration.measured
+    assert m["detection_nll_after"] < m["detection_nll_before"]
+
+
+def test_format_1_calibration_asks_for_a_new_fit(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"classes": list(CLASSES)}))
+    data = hand_calibration().to_dict()
+    del data["detection_temperature"]
+    (run / "calibration.json").write_text(json.dumps({**data, "format": 1}))
+    with pytest.raises(StaleCalibrationError, match=r"calibration\.json: calibration format 1.*calibrate"):
+        load_calibration(run)
 
 
 def test_overrides_are_recorded_and_checked() -> None:

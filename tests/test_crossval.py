@@ -20,6 +20,7 @@ from animeprov.crossval import (
     risk_coverage,
     run_crossval,
 )
+from animeprov.evaluation.calibration import CALIBRATION_FORMAT
 
 
 def _rows(spec: dict[str, tuple[str, int]]) -> list[dict]:
@@ -210,6 +211,16 @@ def test_crossval_runs_end_to_end_and_resumes(tmp_path):
     again = run_crossval(config, out)  # resumes: nothing retrained or re-predicted
     assert (out / "fold-00" / "seed-0" / "predictions.jsonl").stat().st_mtime_ns == before
     assert json.dumps(again["pooled"]) == json.dumps(report["pooled"])
+    # A fold predicted under calibration format 1 is calibrated and predicted again; its training is kept.
+    done = out / "fold-01" / "seed-0" / "crossval-done.json"
+    done.write_text(json.dumps({"held_out": report["folds"][1]["held_out"]}))
+    weights = (out / "fold-01" / "seed-0" / "run" / "model.safetensors").read_bytes()
+    predicted = (out / "fold-01" / "seed-0" / "predictions.jsonl").stat().st_mtime_ns
+    run_crossval(config, out)
+    assert (out / "fold-01" / "seed-0" / "predictions.jsonl").stat().st_mtime_ns != predicted
+    assert json.loads(done.read_text())["calibration_format"] == CALIBRATION_FORMAT
+    assert (out / "fold-01" / "seed-0" / "run" / "model.safetensors").read_bytes() == weights
+    assert (out / "fold-00" / "seed-0" / "predictions.jsonl").stat().st_mtime_ns == before
     changed = CrossvalConfig(**{**config.__dict__, "folds": 2})
     with pytest.raises(ValueError, match="other settings"):
         run_crossval(changed, out)

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,17 +121,23 @@ def test_new_run_has_the_class_records_it_and_leaves_the_old_run_alone(setup, en
             assert torch.equal(new_state[key], value), key
 
 
-def test_predict_uses_the_grown_head_as_enroll_fitted_it(setup, enrolled):
+def test_predict_uses_the_grown_head_as_enroll_fitted_it(setup, enrolled, tmp_path):
     """Predict's attributions of the enrolled images equal enroll's own fit (same views, same tile rule):
     the head written to disk is the one fitted. (How well a class is learned is measured on real models
     in docs/results/enroll.md; this run trains for seconds, and HeadFit's learning is tested on toy
     features below.)"""
     root, run, images = setup
     result, _ = enrolled
+    # Enroll's fit accuracy is the argmax of the model's own softmax; calibration moves P(human) with the
+    # detection temperature, so compare on a copy of the run without calibration.json.
+    uncalibrated = tmp_path / "uncalibrated"
+    shutil.copytree(result.run, uncalibrated)
+    (uncalibrated / "calibration.json").unlink()
+    raw = list(Predictor.from_checkpoint(uncalibrated, device="cpu").predict_many(map(str, images[:10])))
+    share = np.mean([max(p.probabilities, key=p.probabilities.get) == "gen-c" for p in raw])
+    assert share == pytest.approx(result.record["fit_accuracy_new_class"]) and share >= 0.8
     predictor = Predictor.from_checkpoint(result.run, device="cpu")
     fitted = list(predictor.predict_many(map(str, images[:10])))
-    share = np.mean([max(p.probabilities, key=p.probabilities.get) == "gen-c" for p in fitted])
-    assert share == pytest.approx(result.record["fit_accuracy_new_class"]) and share >= 0.8
     assert all(p.verdict in ("ai", "unsure", "artist") for p in fitted)  # calibrated: verdicts, not None
     assert predictor.familiarity is not None and len(predictor.familiarity.means) == 4  # refitted, not stale
     calibration = json.loads((result.run / "calibration.json").read_text())

@@ -25,6 +25,7 @@ SIZE = 32
 
 CLASSES = ["gen-a", "gen-b", "human"]
 TEMPERATURE = 1.7
+DETECTION_TEMPERATURE = 0.6
 
 
 def handmade_run(run: Path, variant: str) -> Path:
@@ -51,13 +52,14 @@ def handmade_run(run: Path, variant: str) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """cnn-dct-mask with a calibration.json (temperature 1.7) and xception-dct-mask without, at 32 px."""
+    """cnn-dct-mask with a calibration.json (temperatures 1.7, 0.6) and xception-dct-mask without, 32 px."""
     root = tmp_path_factory.mktemp("export")
     cnn = handmade_run(root / "cnn-dct-mask", "cnn-dct-mask")
     calibration = Calibration(
         class_names=CLASSES,
         human_class="human",
         temperature=TEMPERATURE,
+        detection_temperature=DETECTION_TEMPERATURE,
         ai_threshold=0.9,
         artist_threshold=0.2,
         unknown_threshold=0.5,
@@ -87,14 +89,15 @@ def test_onnx_matches_pytorch_and_carries_its_metadata(runs, variant, tmp_path):
     # An independent check on other inputs, at a third batch size (the batch axis is dynamic).
     model, config = load_model(run)
     calibration = load_calibration(run)
-    temperature = calibration.temperature if calibration else 1.0
     images = torch.rand(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(11))
     session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     logits, probabilities = session.run(["logits", "probabilities"], {"images": images.numpy()})
     with torch.no_grad():
         expected_logits = model(images)
     assert expected_logits.abs().max() > 1, "logits this small would hide numerical differences"
-    expected = torch.softmax(expected_logits / temperature, dim=1).numpy()
+    expected = torch.softmax(expected_logits.double(), dim=1).numpy()
+    if calibration is not None:  # the graph computes what `animeprov predict` computes, in numpy there
+        expected = calibration.probabilities(expected)
     assert logits.shape == probabilities.shape == (5, len(CLASSES))
     np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-4)
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
@@ -107,6 +110,7 @@ def test_onnx_matches_pytorch_and_carries_its_metadata(runs, variant, tmp_path):
     assert metadata["variant"] == variant and metadata["size"] == str(SIZE)
     if variant == "cnn-dct-mask":
         assert metadata["calibrated"] == "true" and float(metadata["temperature"]) == TEMPERATURE
+        assert float(metadata["detection_temperature"]) == DETECTION_TEMPERATURE
         assert json.loads(metadata["calibration"])["ai_threshold"] == calibration.ai_threshold
     else:
         assert calibration is None

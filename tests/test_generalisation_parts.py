@@ -165,7 +165,7 @@ def test_familiarity_flags_features_far_from_every_class():
 def _calibration():
     from animeprov.evaluation.calibration import Calibration
 
-    return Calibration(("gen", "human"), "human", 1.0, 0.8, 0.2, 0.0, 0.01, 0.05, 0.95)
+    return Calibration(("gen", "human"), "human", 1.0, 1.0, 0.8, 0.2, 0.0, 0.01, 0.05, 0.95)
 
 
 @pytest.mark.parametrize(

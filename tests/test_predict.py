@@ -38,7 +38,13 @@ def make_run(folder: Path, *, seed: int = 0, calibration: dict | None = None) ->
     ckpt.write_config(folder, config)
     ckpt.save_weights(model, folder / ckpt.BEST_WEIGHTS)
     if calibration is not None:
-        values = {"temperature": 1.0, "ai_threshold": 0.5, "artist_threshold": 0.2, "unknown_threshold": 0.0}
+        values = {
+            "temperature": 1.0,
+            "detection_temperature": 1.0,
+            "ai_threshold": 0.5,
+            "artist_threshold": 0.2,
+            "unknown_threshold": 0.0,
+        }
         values.update(calibration)
         save_calibration(
             folder,
@@ -176,14 +182,19 @@ def test_calibrated_probabilities_and_verdicts(tmp_path):
     # checks=(): the stability checks' extra views would share the model's batch, and another batch size may
     # take other float kernels (1e-7 differences); the arithmetic of calibration is what is tested here.
 
-    p_generated = 1 - apply_temperature(raw_probs, 2.0)[0, 2]
+    # By hand: P(generated)'s logit over the detection temperature 0.5; the generators share it as the
+    # softmax at temperature 2 shares them.
+    raw_generated = 1 - raw_probs[0, 2]
+    p_generated = 1 / (1 + np.exp(-np.log(raw_generated / (1 - raw_generated)) / 0.5))
+    share = apply_temperature(raw_probs[:, :2], 2.0)[0]
+    calibration = {"temperature": 2.0, "detection_temperature": 0.5}
     calibrated_run = make_run(
         tmp_path / "cal",
-        calibration={"temperature": 2.0, "ai_threshold": p_generated - 1e-6, "artist_threshold": 0.0},
+        calibration={**calibration, "ai_threshold": p_generated - 1e-6, "artist_threshold": 0.0},
     )
     judged = Predictor.from_checkpoint(calibrated_run, checks=()).predict(path)
     np.testing.assert_allclose(
-        [judged.probabilities[c] for c in CLASSES], apply_temperature(raw_probs, 2.0)[0], atol=1e-9
+        [judged.probabilities[c] for c in CLASSES], [*(p_generated * share), 1 - p_generated], atol=1e-9
     )
     assert judged.p_generated == pytest.approx(p_generated)
     best = CLASSES[int(np.argmax(raw_probs[0, :2]))]

@@ -12,7 +12,8 @@ held-out images with the fold's own calibrated `Predictor`, exactly as a user wo
 - AI classes a fold no longer trains on still count for detection (a generated image judged generated
   is right) and are left out of attribution accuracy, as in `experiment`.
 - Every fold x seed is resumable: a finished training is continued (`train(resume=True)`) and a finished
-  prediction file is kept; the report is recomputed from the prediction files.
+  prediction file is kept (redone, training kept, when an older calibration format made it); the report is
+  recomputed from the prediction files.
 
 Outputs: `report.json`, `report.md`, `sources.png` (per-source bars) and `risk_coverage.png` in `out`.
 """
@@ -32,6 +33,7 @@ import numpy as np
 from animeprov.checkpoint import atomic_write_text
 from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.data.manifest import SPLIT_COLUMN, image_path, read_rows, write_rows
+from animeprov.evaluation.calibration import CALIBRATION_FORMAT
 from animeprov.progress import console
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -196,7 +198,7 @@ def run_crossval(config: CrossvalConfig, out: str | Path) -> dict[str, Any]:
     for k, sources in folds.items():
         for seed in config.seeds:
             folder = out / f"fold-{k:02d}" / f"seed-{seed}"
-            if (folder / DONE_FILE).exists():
+            if _finished(folder, k, seed):
                 continue
             folder.mkdir(parents=True, exist_ok=True)
             console.print(f"fold {k + 1}/{len(held)} seed {seed}: holding out {', '.join(sources)}")
@@ -224,10 +226,28 @@ def run_crossval(config: CrossvalConfig, out: str | Path) -> dict[str, Any]:
             )
             train(trained, folder / "run", resume=(folder / "run" / "config.json").exists())
             _predict_fold(folder, split_rows, config)
-            atomic_write_text(folder / DONE_FILE, json.dumps({"held_out": sources}) + "\n")
+            done = {"held_out": sources, "calibration_format": CALIBRATION_FORMAT}
+            atomic_write_text(folder / DONE_FILE, json.dumps(done) + "\n")
     report = build_report(out, folds, kinds, config)
     write_report(report, out)
     return report
+
+
+def _finished(folder: Path, fold: int, seed: int) -> bool:
+    """Whether the fold x seed is done with this calibration. Predictions made under an older calibration
+    format (e.g. format 1's P(generated), which a multi-class temperature pushed towards "generated") are
+    redone: the training is kept (resumed, nothing left to train), calibration and predictions are not."""
+    path = folder / DONE_FILE
+    if not path.exists():
+        return False
+    if json.loads(path.read_text()).get("calibration_format", 1) == CALIBRATION_FORMAT:
+        return True
+    console.print(
+        f"fold {fold + 1} seed {seed}: predicted under an older calibration; calibrating and predicting "
+        "again (training kept)"
+    )
+    path.unlink()
+    return False
 
 
 def data_digest(rows: list[dict], by: str) -> str:

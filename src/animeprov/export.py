@@ -2,9 +2,12 @@
 
 The exported graph takes what the PyTorch model takes, `images` (N, 3, S, S) float32 RGB in [0, 1] (a centre
 crop or tile of the model size, never a resized image), with a dynamic batch size, and returns two outputs:
-`logits` (N, C), the raw scores, and `probabilities` (N, C) = softmax(logits / T), where T is the run's
-calibration temperature (calibration.json) or 1 when it has none. Class names, the human class, T and the
-calibration's verdict thresholds are stored in the model's metadata_props.
+`logits` (N, C), the raw scores, and `probabilities` (N, C), calibrated as `animeprov predict` calibrates
+them (evaluation/calibration.py): P(generated) = sigmoid((logsumexp(generator logits) - human logit) / D)
+= 1 - probabilities[human], shared among the generator classes as softmax(logits / T) shares them, where T
+and D are the run's temperature and detection temperature (calibration.json; 1 when it has none). Class
+names, the human class, T, D and the calibration's verdict thresholds are stored in the model's
+metadata_props.
 
 The stem's CPU DCT is scipy, which no exporter can see into; the export uses the matrix DCT (two matmuls,
 the same transform) so the DCT is part of the graph. `parity_check` compares onnxruntime against the
@@ -45,17 +48,48 @@ PARITY_TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7)
 
 
-class ExportedClassifier(nn.Module):
-    """images -> (logits, softmax(logits / temperature)): the graph that is written to ONNX."""
+@dataclass(frozen=True)
+class Scaling:
+    """What turns logits into calibrated probabilities (calibration.json's; all 1 without one)."""
 
-    def __init__(self, model: nn.Module, temperature: float) -> None:
+    human_index: int
+    temperature: float = 1.0
+    detection_temperature: float = 1.0
+
+    @classmethod
+    def of(cls, calibration: Calibration | None, classes: list[str], human_class: str) -> Scaling:
+        if calibration is None:
+            return cls(classes.index(human_class))
+        return cls(
+            classes.index(calibration.human_class), calibration.temperature, calibration.detection_temperature
+        )
+
+
+class ExportedClassifier(nn.Module):
+    """images -> (logits, calibrated probabilities): the graph that is written to ONNX. The same
+    mathematics as `calibrated_probabilities`, on logits."""
+
+    def __init__(self, model: nn.Module, scaling: Scaling) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.human = scaling.human_index
+        self.register_buffer("temperature", torch.tensor(float(scaling.temperature)))
+        self.register_buffer("detection_temperature", torch.tensor(float(scaling.detection_temperature)))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(images)
-        return logits, torch.softmax(logits / self.temperature, dim=1)
+        human = logits[:, self.human : self.human + 1]
+        generators = torch.cat([logits[:, : self.human], logits[:, self.human + 1 :]], dim=1)
+        detection_logit = (
+            torch.logsumexp(generators, dim=1, keepdim=True) - human
+        ) / self.detection_temperature
+        share = torch.softmax(generators / self.temperature, dim=1)
+        p_generated = torch.sigmoid(detection_logit)
+        shared = p_generated * share
+        probabilities = torch.cat(
+            [shared[:, : self.human], torch.sigmoid(-detection_logit), shared[:, self.human :]], dim=1
+        )
+        return logits, probabilities
 
 
 @dataclass
@@ -94,9 +128,11 @@ def export_metadata(
         else config.get("human_class", DEFAULT_HUMAN_CLASS),
         "input": f"{INPUT_NAME}: (N, 3, {size}, {size}) float32 RGB in [0, 1]; a centre crop or tile of the "
         "model size, never a resized image",
-        "outputs": "logits: (N, classes) raw scores; probabilities: (N, classes) = "
-        "softmax(logits / temperature)",
+        "outputs": "logits: (N, classes) raw scores; probabilities: (N, classes), P(generated) = "
+        "sigmoid((logsumexp(generator logits) - human logit) / detection_temperature) = 1 - P(human), "
+        "shared among the generator classes as softmax(logits / temperature)",
         "temperature": repr(calibration.temperature if calibration else 1.0),
+        "detection_temperature": repr(calibration.detection_temperature if calibration else 1.0),
         "calibrated": "true" if calibration else "false",
         "weights_sha256": sha256_file(weights_path),
     }
@@ -126,7 +162,7 @@ def parity_images(size: int, seed: int = 0) -> torch.Tensor:
 
 
 def parity_check(
-    model: nn.Module, onnx_path: Path, temperature: float, images: torch.Tensor | None = None
+    model: nn.Module, onnx_path: Path, scaling: Scaling, images: torch.Tensor | None = None
 ) -> dict[str, Any]:
     """Max |difference| of probabilities and logits between onnxruntime and PyTorch over `images` (default
     `parity_images`), run in batches of PARITY_BATCHES.
@@ -142,8 +178,8 @@ def parity_check(
     images = parity_images(model.size) if images is None else images
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     references = {
-        "": ExportedClassifier(exportable_copy(model), temperature).eval(),
-        "prediction_path_": ExportedClassifier(model, temperature).eval(),
+        "": ExportedClassifier(exportable_copy(model), scaling).eval(),
+        "prediction_path_": ExportedClassifier(model, scaling).eval(),
     }
     worst = {f"{prefix}max_abs_{what}_diff": 0.0 for prefix in references for what in ("prob", "logit")}
     start, batches = 0, []
@@ -204,8 +240,8 @@ def export_onnx(
             f"{run}: calibration.json was fitted for {fitted_for}, not {weights}; "
             "run `animeprov calibrate` for those weights"
         )
-    temperature = calibration.temperature if calibration else 1.0
-    wrapped = ExportedClassifier(exportable_copy(model), temperature).eval()
+    scaling = Scaling.of(calibration, list(config["classes"]), config.get("human_class", DEFAULT_HUMAN_CLASS))
+    wrapped = ExportedClassifier(exportable_copy(model), scaling).eval()
     example = torch.rand(2, 3, model.size, model.size, generator=torch.Generator().manual_seed(0))
     out.parent.mkdir(parents=True, exist_ok=True)
     # Build the cached DCT matrix with real values now, so the graph gets it as a constant. Built during
@@ -235,8 +271,10 @@ def export_onnx(
         tmp.unlink(missing_ok=True)
     result = ExportResult(path=out, metadata=metadata)
     if calibration is None:
-        result.notes.append("no calibration.json: probabilities are the uncalibrated softmax (temperature 1)")
+        result.notes.append(
+            "no calibration.json: probabilities are the uncalibrated softmax (temperatures 1)"
+        )
     if check:
-        result.parity = parity_check(model, out, temperature)
+        result.parity = parity_check(model, out, scaling)
     result.seconds = time.perf_counter() - start
     return result

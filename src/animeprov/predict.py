@@ -31,7 +31,6 @@ from animeprov.engine import PRECISIONS, autocast, prepare_model, select_device
 from animeprov.evaluation.calibration import (
     Calibration,
     StaleCalibrationError,
-    apply_temperature,
     load_calibration,
     verdicts,
 )
@@ -61,7 +60,7 @@ Item = str | os.PathLike | bytes | Image.Image | LoadedImage | tuple[str, bytes]
 class ImagePrediction:
     source: str  # file path, or the upload's name
     probabilities: dict[str, float]  # per class, temperature-calibrated when the run has calibration.json
-    p_generated: float  # 1 - probabilities[human_class]
+    p_generated: float  # 1 - probabilities[human_class]: calibrated with its own temperature
     verdict: str | None  # "artist" | "ai" | "unsure"; None when the run has no calibration
     generator: str | None  # for "ai": the most likely generator, or "unknown"; else None
     view: str  # "crop" | "tiles" (or "pad" | "resize" when asked for)
@@ -460,6 +459,7 @@ class Predictor:
             if calibration is None
             else {
                 "temperature": calibration.temperature,
+                "detection_temperature": calibration.detection_temperature,
                 "ai": calibration.ai_threshold,
                 "artist": calibration.artist_threshold,
                 "unknown": calibration.unknown_threshold,
@@ -513,7 +513,7 @@ class Predictor:
         if self.calibration is None:
             probs, verdict, generator = raw[0], None, None
         else:
-            probs = apply_temperature(raw, self.calibration.temperature)[0]
+            probs = self.calibration.probabilities(raw)[0]
             judged = verdicts(raw, self.calibration)[0]
             verdict, generator = judged["verdict"], judged["generator"]
             checks = self._checks(prepared, log_probs, features, n_image)
@@ -758,6 +758,7 @@ def _with_thresholds(
             class_names=tuple(classes),
             human_class=human_class,
             temperature=1.0,
+            detection_temperature=1.0,
             ai_threshold=float(thresholds["ai"]),
             artist_threshold=float(thresholds["artist"]),
             unknown_threshold=float(thresholds.get("unknown", 0.0)),

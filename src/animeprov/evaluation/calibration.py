@@ -11,14 +11,22 @@ capped. One scalar T > 0 minimises the NLL; T is searched on a log scale within 
 A split the model separates perfectly has no finite optimum (the NLL keeps falling as T shrinks): T then
 stops at the lower bound and a note says so.
 
-Detection. P(generated) = 1 - P(human) after temperature. With n human images and target FPR f, at most
+Detection. P(generated) is the model's own 1 - P(human) (temperature 1), its logit divided by a second,
+binary temperature fitted the same way on generated-vs-human (`detection_temperature`). It is not taken
+from the multi-class temperature: softmax(log p / T) flattens towards the uniform distribution as T grows,
+so 1 - P(human) drifts towards (C - 1) / C for C classes, whatever the image. On validation sources that
+training never saw T came out at 1.5 to 6.5 and, with six classes, most held-out human art crossed 0.5
+(docs/results/generalisation.md). The binary temperature only sharpens or flattens around 0.5. The class
+probabilities reported keep both: P(human) = 1 - P(generated), and the generator classes share
+P(generated) in the proportions of softmax(log p / T), which attribution reads.
+
+Thresholds. With n human images and target FPR f, at most
 k = floor(f * n) of them may score >= the "ai" threshold, and the threshold is the SMALLEST such value:
 the next float above the (k+1)-th highest human score. So every human image tied with that score is
 below it (ties make the achieved FPR lower than the target, never higher), and with 34 human images a
 1% target allows k = 0 false positives: the threshold sits just above the highest human score, and an
 achieved FPR of 0 out of 34 still leaves a one-sided 95% upper bound of ~8.4% (reported as
-`fpr_upper_95`). Temperature scaling is monotone in P(generated) only for two classes; in general it
-can reorder images, which is why the thresholds are fitted after it.
+`fpr_upper_95`). The thresholds are fitted on the calibrated P(generated).
 
 "artist" band, the symmetric choice: the "ai" verdict's costly error is a false accusation, controlled
 on human images by `target_fpr`; the "artist" verdict's error is letting a generated image pass as
@@ -52,7 +60,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
+from scipy.special import expit, log_softmax, logsumexp, softmax
 from scipy.stats import beta
 
 from animeprov.config import (
@@ -66,7 +74,8 @@ from animeprov.evaluation.metrics import DEFAULT_ECE_BINS, expected_calibration_
 from animeprov.io import sha256_file
 
 CALIBRATION_FILE = "calibration.json"
-CALIBRATION_FORMAT = 1
+# 2: P(generated) has its own temperature (`detection_temperature`); format 1 files predate it.
+CALIBRATION_FORMAT = 2
 
 # Floor before taking log p as logits: float32 softmax underflows to exact zeros.
 PROB_FLOOR = 1e-12
@@ -90,7 +99,8 @@ class Calibration:
 
     class_names: tuple[str, ...]
     human_class: str
-    temperature: float
+    temperature: float  # of the class probabilities: attribution
+    detection_temperature: float  # of P(generated)'s logit: detection and the verdict
     ai_threshold: float  # verdict "ai" when P(generated) >= this
     artist_threshold: float  # verdict "artist" when P(generated) <= this (and below ai_threshold)
     unknown_threshold: float  # an "ai" image whose generator score is below this: generator "unknown"
@@ -105,12 +115,19 @@ class Calibration:
         object.__setattr__(self, "class_names", tuple(self.class_names))
         if self.human_class not in self.class_names:
             raise ValueError(f"human class {self.human_class!r} is not among {list(self.class_names)}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("temperature", "detection_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.artist_threshold > self.ai_threshold:
             raise ValueError(
                 f"artist threshold {self.artist_threshold} is above the ai threshold {self.ai_threshold}"
             )
+
+    def probabilities(self, probs: np.ndarray) -> np.ndarray:
+        """The calibrated class probabilities of rows of model softmax outputs (see the module docstring)."""
+        human = self.class_names.index(self.human_class)
+        probs = _check_probs(probs, len(self.class_names))
+        return calibrated_probabilities(probs, human, self.temperature, self.detection_temperature)
 
     def bands(self) -> dict[str, str]:
         """The verdict bands in words, as stored in calibration.json."""
@@ -148,6 +165,10 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        if data.get("format") == 1:
+            raise StaleCalibrationError(
+                "calibration format 1 predates the detection temperature; run `animeprov calibrate` again"
+            )
         if data.get("format") != CALIBRATION_FORMAT:
             raise ValueError(f"unsupported calibration format {data.get('format')!r}")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
@@ -175,6 +196,28 @@ def _log_probs(probs: np.ndarray) -> np.ndarray:
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T) row by row: the probabilities a model with logits / T would give."""
     return np.exp(log_softmax(_log_probs(np.asarray(probs, dtype=np.float64)) / temperature, axis=1))
+
+
+def calibrated_probabilities(
+    probs: np.ndarray, human: int, temperature: float, detection_temperature: float
+) -> np.ndarray:
+    """Class probabilities with P(generated) = sigmoid(logit(1 - p[human]) / detection_temperature) and the
+    generator columns sharing it as softmax(log p / temperature) shares them (module docstring)."""
+    log_p = _log_probs(np.asarray(probs, dtype=np.float64))
+    generators = [i for i in range(log_p.shape[1]) if i != human]
+    detection_logit = logsumexp(log_p[:, generators], axis=1) - log_p[:, human]
+    calibrated = np.empty_like(log_p)
+    calibrated[:, human] = expit(-detection_logit / detection_temperature)
+    share = softmax(log_p[:, generators] / temperature, axis=1)
+    calibrated[:, generators] = expit(detection_logit / detection_temperature)[:, None] * share
+    return calibrated
+
+
+def detection_probs(probs: np.ndarray, human: int) -> np.ndarray:
+    """(n, 2) columns P(human), P(generated) of softmax outputs: the two-class problem detection is."""
+    log_p = _log_probs(np.asarray(probs, dtype=np.float64))
+    generators = [i for i in range(log_p.shape[1]) if i != human]
+    return np.exp(np.stack([log_p[:, human], logsumexp(log_p[:, generators], axis=1)], axis=1))
 
 
 def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -283,8 +326,11 @@ def fit_calibration(
     if n_human == 0 or n_generated == 0:
         raise ValueError(f"calibration needs human and generated images; got {n_human} and {n_generated}")
 
+    human = class_names.index(human_class)
     temperature = fit_temperature(probs, labels)
-    calibrated = apply_temperature(probs, temperature)
+    detection = detection_probs(probs, human)
+    detection_temperature = fit_temperature(detection, (~is_human).astype(np.int64))
+    calibrated = calibrated_probabilities(probs, human, temperature, detection_temperature)
     p_generated, generator_score, _ = _split_columns(calibrated, class_names, human_class)
 
     ai_threshold = fpr_threshold(p_generated[is_human], target_fpr)
@@ -301,10 +347,14 @@ def fit_calibration(
         "n_human": n_human,
         "n_generated": n_generated,
         "ece_before": expected_calibration_error(probs, labels),
-        "ece_after": expected_calibration_error(calibrated, labels),
+        "ece_after": expected_calibration_error(apply_temperature(probs, temperature), labels),
         "ece_bins": DEFAULT_ECE_BINS,
         "nll_before": negative_log_likelihood(probs, labels),
         "nll_after": negative_log_likelihood(probs, labels, temperature),
+        "detection_nll_before": negative_log_likelihood(detection, (~is_human).astype(np.int64)),
+        "detection_nll_after": negative_log_likelihood(
+            detection, (~is_human).astype(np.int64), detection_temperature
+        ),
         "allowed_false_positives": allowed,
         "false_positives": false_positives,
         "fpr": false_positives / n_human,
@@ -316,7 +366,9 @@ def fit_calibration(
         "unknown_fit_images": int(unknown_fit.sum()),
         "known_pass_rate": float((generator_score[unknown_fit] >= unknown_threshold).mean()),
         "known_pass_rate_all_generated": float((generator_score[~is_human] >= unknown_threshold).mean()),
-        "notes": _notes(temperature, target_fpr, n_human, allowed, ai_threshold, len(class_names)),
+        "notes": _notes(
+            (temperature, detection_temperature), target_fpr, n_human, allowed, ai_threshold, len(class_names)
+        ),
     }
     if not known_ai.any():
         measured["notes"].append(
@@ -326,6 +378,7 @@ def fit_calibration(
         class_names=tuple(class_names),
         human_class=human_class,
         temperature=temperature,
+        detection_temperature=detection_temperature,
         ai_threshold=ai_threshold,
         artist_threshold=artist_threshold,
         unknown_threshold=unknown_threshold,
@@ -337,20 +390,24 @@ def fit_calibration(
 
 
 def _notes(
-    temperature: float, target_fpr: float, n_human: int, allowed: int, ai_threshold: float, n_classes: int
+    temperatures: tuple[float, float],
+    target_fpr: float,
+    n_human: int,
+    allowed: int,
+    ai_threshold: float,
+    n_classes: int,
 ) -> list[str]:
     notes = [
         f"{n_human} human images at target FPR {target_fpr:g} allow {allowed} false positive(s) "
         f"(floor({target_fpr:g} x {n_human})); FPR is measured in steps of 1/{n_human} = {1 / n_human:.3f}"
         + ("; the ai threshold sits just above the highest human score" if allowed == 0 else "")
     ]
-    if math.isclose(temperature, TEMPERATURE_BOUNDS[0], rel_tol=1e-3) or math.isclose(
-        temperature, TEMPERATURE_BOUNDS[1], rel_tol=1e-3
-    ):
-        notes.append(
-            f"temperature {temperature:.4g} is at its search bound {TEMPERATURE_BOUNDS}: the split may be "
-            "separated perfectly (no finite optimum); use a larger or harder calibration split"
-        )
+    for name, temperature in zip(("temperature", "detection temperature"), temperatures, strict=True):
+        if any(math.isclose(temperature, bound, rel_tol=1e-3) for bound in TEMPERATURE_BOUNDS):
+            notes.append(
+                f"{name} {temperature:.4g} is at its search bound {TEMPERATURE_BOUNDS}: the split may be "
+                "separated perfectly (no finite optimum); use a larger or harder calibration split"
+            )
     if ai_threshold > 1.0:
         notes.append("a human image scored P(generated) = 1: no image can be judged ai at this target FPR")
     if n_classes == 2:
@@ -360,8 +417,7 @@ def _notes(
 
 def verdicts(probs: np.ndarray, calibration: Calibration) -> list[dict[str, Any]]:
     """One verdict per row of model softmax outputs (uncalibrated, in `calibration.class_names` order)."""
-    probs = _check_probs(probs, len(calibration.class_names))
-    calibrated = apply_temperature(probs, calibration.temperature)
+    calibrated = calibration.probabilities(probs)
     p_generated, generator_score, best = _split_columns(
         calibrated, calibration.class_names, calibration.human_class
     )
@@ -416,7 +472,10 @@ def load_calibration(run: str | Path, *, check_weights: bool = True) -> Calibrat
     path = run / CALIBRATION_FILE
     if not path.is_file():
         return None
-    calibration = Calibration.from_dict(json.loads(path.read_text()))
+    try:
+        calibration = Calibration.from_dict(json.loads(path.read_text()))
+    except StaleCalibrationError as error:
+        raise StaleCalibrationError(f"{path}: {error}") from None
     classes = read_config(run)["classes"]
     if list(calibration.class_names) != list(classes):
         raise StaleCalibrationError(
