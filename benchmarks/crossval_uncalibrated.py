@@ -1,0 +1,88 @@
+"""Out-of-source detection figures of finished `animeprov crossval` folders from each model's own softmax,
+without any temperature; JSON on stdout.
+
+Calibration format 1 took P(generated) as 1 - P(human) after the class temperature T, which drifts towards
+(C - 1) / C as T grows (evaluation/calibration.py). Format 2 divides the logit of the model's own
+P(generated) by a detection temperature, which never moves an image across 0.5: so the balanced accuracy at
+0.5 computed here is format 2's exactly, for folders predicted under either format, without running a
+model. The pooled ROC-AUC here is that of the raw P(generated); format 2's differs from it only in how the
+folds' detection temperatures interleave their scores.
+
+The stored probabilities are inverted: format 1 stored softmax(log p / T), whose T-th powers renormalised
+give p back; format 2 stored P(generated) = sigmoid(logit(p_generated) / D).
+
+    .venv/bin/python benchmarks/crossval_uncalibrated.py runs/gen/* runs/loso/traces
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def raw_p_generated(row: dict, calibration: dict) -> float:
+    """The model's own 1 - P(human) behind one stored prediction."""
+    human = calibration["human_class"]
+    if calibration.get("format") == 1:
+        names = list(row["probabilities"])
+        log_p = calibration["temperature"] * np.log(
+            np.clip([row["probabilities"][c] for c in names], 1e-300, 1)
+        )
+        p = np.exp(log_p - log_p.max())
+        p /= p.sum()
+        return float(1.0 - p[names.index(human)])
+    logit = np.log(row["p_generated"]) - np.log1p(-row["p_generated"])
+    return float(1.0 / (1.0 + np.exp(-logit * calibration["detection_temperature"])))
+
+
+def folder_figures(out: Path) -> dict:
+    seeds: dict[int, list[tuple[bool, float]]] = {}
+    formats = set()
+    for predictions in sorted(out.glob("fold-*/seed-*/predictions.jsonl")):
+        calibration = json.loads((predictions.parent / "run" / "calibration.json").read_text())
+        formats.add(calibration.get("format"))
+        seed = int(predictions.parent.name.removeprefix("seed-"))
+        for line in predictions.read_text().splitlines():
+            row = json.loads(line)
+            if row["error"] is None:
+                seeds.setdefault(seed, []).append(
+                    (row["class"] != calibration["human_class"], raw_p_generated(row, calibration))
+                )
+    per_seed = {}
+    for seed, pairs in sorted(seeds.items()):
+        generated = np.array([g for g, _ in pairs])
+        p = np.array([q for _, q in pairs])
+        tpr, tnr = float((p[generated] >= 0.5).mean()), float((p[~generated] < 0.5).mean())
+        per_seed[seed] = {
+            "n": len(pairs),
+            "roc_auc_raw": float(roc_auc_score(generated, p)),
+            "balanced_accuracy_at_0.5": (tpr + tnr) / 2,
+            "human_correct_at_0.5": tnr,
+            "ai_recall_at_0.5": tpr,
+        }
+    summary = {}
+    for key in ("roc_auc_raw", "balanced_accuracy_at_0.5", "human_correct_at_0.5", "ai_recall_at_0.5"):
+        values = [figures[key] for figures in per_seed.values()]
+        summary[key] = {
+            "mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        }
+    return {"calibration_formats": sorted(formats), "seeds": per_seed, "mean_sd": summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folders", nargs="+", type=Path, help="finished `animeprov crossval --out` folders")
+    args = parser.parse_args()
+    print(json.dumps({str(folder): folder_figures(folder) for folder in args.folders}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
