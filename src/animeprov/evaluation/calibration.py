@@ -198,26 +198,31 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return np.exp(log_softmax(_log_probs(np.asarray(probs, dtype=np.float64)) / temperature, axis=1))
 
 
+def _detection_log_probs(probs: np.ndarray, human: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(log P(human), log P(generated), the generator columns) of softmax outputs."""
+    log_p = _log_probs(np.asarray(probs, dtype=np.float64))
+    generators = [i for i in range(log_p.shape[1]) if i != human]
+    return log_p[:, human], logsumexp(log_p[:, generators], axis=1), generators
+
+
 def calibrated_probabilities(
     probs: np.ndarray, human: int, temperature: float, detection_temperature: float
 ) -> np.ndarray:
     """Class probabilities with P(generated) = sigmoid(logit(1 - p[human]) / detection_temperature) and the
     generator columns sharing it as softmax(log p / temperature) shares them (module docstring)."""
-    log_p = _log_probs(np.asarray(probs, dtype=np.float64))
-    generators = [i for i in range(log_p.shape[1]) if i != human]
-    detection_logit = logsumexp(log_p[:, generators], axis=1) - log_p[:, human]
-    calibrated = np.empty_like(log_p)
-    calibrated[:, human] = expit(-detection_logit / detection_temperature)
-    share = softmax(log_p[:, generators] / temperature, axis=1)
-    calibrated[:, generators] = expit(detection_logit / detection_temperature)[:, None] * share
+    log_human, log_generated, generators = _detection_log_probs(probs, human)
+    detection_logit = (log_generated - log_human) / detection_temperature
+    calibrated = np.empty((len(log_human), len(generators) + 1))
+    calibrated[:, human] = expit(-detection_logit)
+    share = softmax(_log_probs(np.asarray(probs, dtype=np.float64))[:, generators] / temperature, axis=1)
+    calibrated[:, generators] = expit(detection_logit)[:, None] * share
     return calibrated
 
 
 def detection_probs(probs: np.ndarray, human: int) -> np.ndarray:
     """(n, 2) columns P(human), P(generated) of softmax outputs: the two-class problem detection is."""
-    log_p = _log_probs(np.asarray(probs, dtype=np.float64))
-    generators = [i for i in range(log_p.shape[1]) if i != human]
-    return np.exp(np.stack([log_p[:, human], logsumexp(log_p[:, generators], axis=1)], axis=1))
+    log_human, log_generated, _ = _detection_log_probs(probs, human)
+    return np.exp(np.stack([log_human, log_generated], axis=1))
 
 
 def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
