@@ -71,6 +71,7 @@ def folder_figures(out: Path) -> dict:
         summary[key] = {
             "mean": statistics.mean(values),
             "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n_seeds": len(values),
         }
     return {"calibration_formats": sorted(formats), "seeds": per_seed, "mean_sd": summary}
 

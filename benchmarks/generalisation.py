@@ -91,8 +91,15 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--list", action="store_true", help="List the rows and exit.")
+    parser.add_argument(
+        "--table", action="store_true", help="Only rewrite WORK/ablation.md from the reports."
+    )
     args = parser.parse_args()
     add_ladder(args.ladder)
+    if args.table:
+        write_table(args.work)
+        print((args.work / "ablation.md").read_text())
+        return
     if args.list:
         for name, (recipe, overrides) in ROWS.items():
             print(f"{slug(name)}: {recipe} {json.dumps(overrides)}")
@@ -125,14 +132,14 @@ def main() -> None:
 
 
 def write_table(work: Path) -> None:
-    """ablation.md from every row's report.json in `work` (runs of other calls included), in ROWS order."""
-    table = []
-    for name in ROWS:
-        report = work / slug(name) / "report.json"
-        if report.exists():
-            data = json.loads(report.read_text())
-            seeds = ",".join(map(str, data["config"]["seeds"]))
-            table.append({"row": f"{name} (seeds {seeds})", **data["pooled"]})
+    """ablation.md from every row's report.json in `work` (runs of other calls included), in ROWS order,
+    with the calibration format its predictions were made under and, from the stored probabilities
+    (crossval_uncalibrated.py), the ROC-AUC of the models' own P(generated) and calibration format 2's
+    balanced accuracy at 0.5, comparable across formats."""
+    from crossval_uncalibrated import folder_figures
+
+    from animeprov.crossval import format_stat as cell
+
     keys = [
         "roc_auc",
         "balanced_accuracy",
@@ -142,11 +149,21 @@ def write_table(work: Path) -> None:
         "committed_accuracy",
         "attribution_accuracy",
     ]
-
-    from animeprov.crossval import format_stat as cell
-
-    lines = ["| recipe | " + " | ".join(keys) + " |", "| :--- |" + " ---: |" * len(keys)]
-    lines += [f"| {row['row']} | " + " | ".join(cell(row[k]) for k in keys) + " |" for row in table]
+    own = ["roc_auc_raw", "balanced_accuracy_at_0.5"]
+    lines = [
+        "| recipe | calibration format | " + " | ".join(keys + own) + " |",
+        "| :--- | :---: |" + " ---: |" * (len(keys) + len(own)),
+    ]
+    for name in ROWS:
+        report = work / slug(name) / "report.json"
+        if not report.exists():
+            continue
+        data = json.loads(report.read_text())
+        seeds = ",".join(map(str, data["config"]["seeds"]))
+        figures = folder_figures(work / slug(name))
+        formats = ",".join(map(str, figures["calibration_formats"]))
+        cells = [cell(data["pooled"][k]) for k in keys] + [cell(figures["mean_sd"][k]) for k in own]
+        lines.append(f"| {name} (seeds {seeds}) | {formats} | " + " | ".join(cells) + " |")
     (work / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
