@@ -15,7 +15,7 @@ Detection. P(generated) is the model's own 1 - P(human) (temperature 1), its log
 binary temperature fitted the same way on generated-vs-human (`detection_temperature`). It is not taken
 from the multi-class temperature: softmax(log p / T) flattens towards the uniform distribution as T grows,
 so 1 - P(human) drifts towards (C - 1) / C for C classes, whatever the image. On validation sources that
-training never saw T came out at 1.5 to 6.5 and, with six classes, most held-out human art crossed 0.5
+training never saw T came out as high as 6.5 and, with six classes, most held-out human art crossed 0.5
 (docs/results/generalisation.md). The binary temperature only sharpens or flattens around 0.5. The class
 probabilities reported keep both: P(human) = 1 - P(generated), and the generator classes share
 P(generated) in the proportions of softmax(log p / T), which attribution reads.
