@@ -305,6 +305,7 @@ def test_cli_calibrates_a_tiny_run_end_to_end(tiny_split, tmp_path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "ECE before -> after" in result.output and "temperature" in result.output
+    assert "detection temperature" in result.output
     calibration = load_calibration(run)
     assert calibration is not None and calibration.class_names == ("gen-a", "gen-b", "human")
     m = calibration.measured

@@ -76,7 +76,12 @@ def calibration_table(calibration: Calibration) -> Table:
     rows = [
         ("ECE before -> after", f"{m['ece_before']:.4f} -> {m['ece_after']:.4f}"),
         ("NLL before -> after", f"{m['nll_before']:.4f} -> {m['nll_after']:.4f}"),
-        ("temperature", f"{calibration.temperature:.4f}"),
+        ("temperature (classes)", f"{calibration.temperature:.4f}"),
+        (
+            "detection temperature, NLL before -> after",
+            f"{calibration.detection_temperature:.4f}, "
+            f"{m['detection_nll_before']:.4f} -> {m['detection_nll_after']:.4f}",
+        ),
         ("ai: P(generated) >=", f"{calibration.ai_threshold:.6f}"),
         ("artist: P(generated) <=", f"{calibration.artist_threshold:.6f}"),
         ("unknown generator: score <", f"{calibration.unknown_threshold:.6f}"),
