@@ -7,6 +7,8 @@
     python benchmarks/build_reference.py --synthetic 100 --work runs/reference
     # rebuild with the settings the shipped bundle records and compare with its SHA256SUMS
     python benchmarks/build_reference.py --check --work runs/reference-check
+    # after a change to calibration (not to training): keep runs/reference's trained model, redo the rest
+    python benchmarks/build_reference.py --recalibrate --work runs/reference
 
 Steps (each one the library call its CLI command makes): combine the manifests (`crossval.combine_manifests`:
 absolute paths, a `dataset` column, groups kept per manifest), split them 8:1:1 with groups whole and no class
