@@ -58,13 +58,14 @@ PAPER: dict[str, Any] = {
     "select_on": "accuracy",
     "init": "",
 }
-# What held best on sources never seen among networks trained from scratch here, and several times faster to
-# run than `pretrained` (docs/results/generalisation.md): 64 px patches at random offsets (content matters
-# less in a small patch; judged by pooling every tile), the DCT of the NPR residual (neighbouring-pixel
-# traces of upsampling, little content), the same JPEG/WebP/resize/blur/noise for every class (no
-# file-history shortcut), no patches that are mostly one flat fill (white surrounds), every source drawn
-# equally often, and a human-vs-generated loss term beside the per-class one. Decoder-trace pairs
-# (pairs="taef2") lowered it in the ablation and are left out.
+# A small from-scratch recipe, several times faster to run than `pretrained`: 64 px patches at random offsets
+# (content matters less in a small patch; judged by pooling every tile), the DCT of the NPR residual
+# (neighbouring-pixel traces of upsampling, little content), the same JPEG/WebP/resize/blur/noise for every
+# class (no file-history shortcut), no patches that are mostly one flat fill (white surrounds), every source
+# drawn equally often, and a human-vs-generated loss term beside the per-class one. It was chosen as the
+# best from-scratch recipe under calibration format 1; with the class temperature out of the detection
+# figures the pooled NPR input ranks higher (docs/results/generalisation.md, ablation), and decoder-trace
+# pairs (pairs="taef2") neither help nor hurt.
 TRACES: dict[str, Any] = {
     **PAPER,
     "variant": "cnn-npr-dct",
