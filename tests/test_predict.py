@@ -364,13 +364,19 @@ def test_stability_checks_run_only_when_they_can_change_a_committed_verdict(tmp_
     for result in single:
         assert set(result.checks) == {"jpeg:90", "webp:90", "shift:4"} and result.n_views == 4
         assert all(check["verdict"] in ("ai", "unsure", "artist") for check in result.checks.values())
-    # predict_many queues the same check views behind the image's own ones, batched with other images
-    streamed = list(committed.predict_many(paths, batch_size=3))
-    assert [r.checks.keys() for r in streamed] == [r.checks.keys() for r in single]
-    for one, many in zip(single, streamed, strict=True):
-        assert one.p_generated == pytest.approx(many.p_generated, abs=1e-6)
-        for name, check in one.checks.items():
-            assert check["p_generated"] == pytest.approx(many.checks[name]["p_generated"], abs=1e-5)
+    # predict_many queues the same check views behind the image's own ones, batched with other images;
+    # with workers the copies are made in threads beside the model: the same results, in input order
+    for workers in (0, 2):
+        encoded.clear()
+        streamed = list(committed.predict_many(paths, batch_size=3, workers=workers))
+        assert sorted(encoded) == sorted(predict_module.STABILITY_CHECKS * 3)
+        assert [r.source for r in streamed] == [str(p) for p in paths]
+        assert [r.checks.keys() for r in streamed] == [r.checks.keys() for r in single]
+        for one, many in zip(single, streamed, strict=True):
+            assert one.p_generated == pytest.approx(many.p_generated, abs=1e-6)
+            assert one.n_views == many.n_views and one.verdict == many.verdict
+            for name, check in one.checks.items():
+                assert check["p_generated"] == pytest.approx(many.checks[name]["p_generated"], abs=1e-5)
     # between the thresholds the verdict is "unsure" whatever a re-encoding says: no check is run
     encoded.clear()
     undecided = Predictor.from_checkpoint(calibrated_run, thresholds={"ai": 1.0, "artist": 0.0})

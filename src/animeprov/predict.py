@@ -17,6 +17,7 @@ import io
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -611,7 +612,8 @@ class Predictor:
         `default_batch_size` of the model's input size), so memory is bounded by a few batches. `workers`
         > 0 decodes in that many DataLoader processes. A bad file never raises: its prediction has `error`
         set. An image's stability-check views join the queue once its own views are judged, and only when
-        they can still change the verdict.
+        they can still change the verdict; with `workers` > 0 its re-encoded copies are made in as many
+        threads (the encoders release the GIL) while the model goes on, not in line.
         """
         choose_view(0, 0, self.size, view)
         if batch_size is None:
@@ -621,16 +623,33 @@ class Predictor:
         stream = _prepared_stream(items, self.size, view, self.load_rules, workers, bool(self.checks))
         waiting: deque[_Pending] = deque()  # in input order
         views: list[tuple[_Pending, np.ndarray]] = []  # views not yet through the model, with their image
+        # Made in line, the copies kept a GPU waiting on one CPU core (docs/results/gpu-h200.md)
+        encoder = ThreadPoolExecutor(workers) if workers > 0 and self.checks else None
 
         def queue_checks(owner: _Pending) -> None:
             owner.image_judged = True
             features = np.stack(owner.features) if owner.features else None
-            if self._needs_stability(np.stack(owner.rows), features):
-                extra = stability_views(owner.prepared, self.checks, self.size, view)
-                if extra is not None:
-                    owner.n_views += len(extra)
-                    views.extend((owner, check_view) for check_view in extra)
-            owner.prepared.pixels = None
+            if not self._needs_stability(np.stack(owner.rows), features):
+                owner.prepared.pixels = None
+            elif encoder is None:
+                add_checks(owner, stability_views(owner.prepared, self.checks, self.size, view))
+            else:
+                owner.copies = encoder.submit(stability_views, owner.prepared, self.checks, self.size, view)
+
+        def add_checks(owner: _Pending, extra: np.ndarray | None) -> None:
+            owner.copies, owner.prepared.pixels = None, None
+            if extra is not None:
+                owner.n_views += len(extra)
+                views.extend((owner, check_view) for check_view in extra)
+
+        def collect_checks(wait: bool) -> None:
+            """Queue the views of the copies made (with `wait`: of the oldest image's, once made)."""
+            pending = [owner for owner in waiting if owner.copies is not None]
+            if wait and pending:
+                pending[0].copies.result()
+            for owner in pending:
+                if owner.copies.done():
+                    add_checks(owner, owner.copies.result())
 
         def run_batch(count: int) -> None:
             batch, views[:] = views[:count], views[count:]
@@ -643,7 +662,7 @@ class Predictor:
                     queue_checks(owner)
 
         def finished() -> Iterator[ImagePrediction]:
-            while waiting and len(waiting[0].rows) == waiting[0].n_views:
+            while waiting and waiting[0].copies is None and len(waiting[0].rows) == waiting[0].n_views:
                 pending = waiting.popleft()
                 prepared = pending.prepared
                 if prepared.error is not None:
@@ -652,19 +671,30 @@ class Predictor:
                     features = np.stack(pending.features) if pending.features else None
                     yield self._result(prepared, np.stack(pending.rows), features)
 
-        for prepared in stream:
-            n_views = 0 if prepared.views is None else len(prepared.views)
-            pending = _Pending(prepared, n_views)
-            waiting.append(pending)
-            if n_views:
-                views.extend((pending, view) for view in prepared.views)
-                prepared.views = None  # they live in `views` now, and go once they are through the model
-            while len(views) >= batch_size:
-                run_batch(batch_size)
-            yield from finished()
-        while views:
-            run_batch(min(batch_size, len(views)))
-        yield from finished()
+        try:
+            for prepared in stream:
+                n_views = 0 if prepared.views is None else len(prepared.views)
+                pending = _Pending(prepared, n_views)
+                waiting.append(pending)
+                if n_views:
+                    views.extend((pending, view) for view in prepared.views)
+                    prepared.views = None  # they live in `views` now, and go once through the model
+                collect_checks(wait=False)
+                # at most 2 x workers images wait for their copies: memory stays bounded when the model
+                # outruns the encoders
+                while encoder is not None and sum(o.copies is not None for o in waiting) > 2 * workers:
+                    collect_checks(wait=True)
+                while len(views) >= batch_size:
+                    run_batch(batch_size)
+                yield from finished()
+            while views or any(owner.copies is not None for owner in waiting):
+                collect_checks(wait=not views)
+                if views:
+                    run_batch(min(batch_size, len(views)))
+                yield from finished()
+        finally:
+            if encoder is not None:
+                encoder.shutdown(cancel_futures=True)
 
     # --- heatmaps ------------------------------------------------------------------------------
 
@@ -696,6 +726,7 @@ class _Pending:
     prepared: Prepared
     n_views: int  # grows by the stability checks' views once the image's own views are judged
     image_judged: bool = False
+    copies: Future | None = None  # its stability-check views, while a thread still makes them
     rows: list[np.ndarray] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
 
