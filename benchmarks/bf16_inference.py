@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from animeprov.crossval import pooled_metrics
+from animeprov.crossval import mean_sd, pooled_metrics
 from animeprov.data.manifest import SPLIT_COLUMN
 from animeprov.predict import Predictor
 
@@ -49,13 +49,6 @@ def judge_fold(folder: Path, precision: str) -> tuple[list[dict], float]:
         for row, result in zip(test, results, strict=True)
     ]
     return rows, seconds
-
-
-def mean_sd(values: list[float | None]) -> dict[str, float | None]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"mean": None, "sd": None}
-    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def main() -> None:

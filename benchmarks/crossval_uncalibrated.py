@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from animeprov.crossval import mean_sd
 
 
 def raw_p_generated(row: dict, calibration: dict) -> float:
@@ -65,14 +66,10 @@ def folder_figures(out: Path) -> dict:
             "human_correct_at_0.5": tnr,
             "ai_recall_at_0.5": tpr,
         }
-    summary = {}
-    for key in ("roc_auc_raw", "balanced_accuracy_at_0.5", "human_correct_at_0.5", "ai_recall_at_0.5"):
-        values = [figures[key] for figures in per_seed.values()]
-        summary[key] = {
-            "mean": statistics.mean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n_seeds": len(values),
-        }
+    summary = {
+        key: mean_sd([figures[key] for figures in per_seed.values()])
+        for key in ("roc_auc_raw", "balanced_accuracy_at_0.5", "human_correct_at_0.5", "ai_recall_at_0.5")
+    }
     return {"calibration_formats": sorted(formats), "seeds": per_seed, "mean_sd": summary}
 
 

@@ -3,24 +3,18 @@ either calibration format."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from animeprov.evaluation.calibration import apply_temperature, calibrated_probabilities
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "crossval_uncalibrated.py"
 CLASSES = ("gen-a", "gen-b", "human")
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("crossval_uncalibrated", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("crossval_uncalibrated")
 
 
 @pytest.mark.parametrize("raw", [[0.2, 0.1, 0.7], [0.6, 0.3, 0.1], [0.01, 0.01, 0.98]])

@@ -3,7 +3,6 @@ serve's card, and benchmarks/build_reference.py (build and --check) on tiny synt
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 from PIL import Image
 from test_predict import make_run, write_image
 from typer.testing import CliRunner
@@ -233,9 +233,7 @@ def test_build_script_builds_a_bundle_that_its_check_reproduces(tmp_path):
 
 
 def test_check_explains_a_mismatch_by_what_differs(tmp_path):
-    spec = importlib.util.spec_from_file_location("build_reference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("build_reference")
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "config.json").write_text(json.dumps({"epochs": 1 if folder == "a" else 2}))

@@ -448,7 +448,7 @@ def ensemble_metrics(predictions: dict[int, list[dict]], human_class: str) -> di
     }
 
 
-def _mean_sd(values: list[float | None]) -> dict[str, float | None]:
+def mean_sd(values: list[float | None]) -> dict[str, float | None]:
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "sd": None, "n_seeds": 0}
@@ -471,7 +471,7 @@ def build_report(
                 trained[k] = set(json.loads(run_config.read_text())["classes"])
     per_seed = {seed: pooled_metrics(rows, config.human_class, trained) for seed, rows in predictions.items()}
     keys = [key for key, value in next(iter(per_seed.values())).items() if not key.startswith("n")]
-    pooled = {key: _mean_sd([metrics.get(key) for metrics in per_seed.values()]) for key in keys}
+    pooled = {key: mean_sd([metrics.get(key) for metrics in per_seed.values()]) for key in keys}
     sources: dict[str, dict[str, Any]] = {}
     for seed, rows in predictions.items():
         for source, figures in per_source(rows, config.human_class).items():
@@ -482,7 +482,7 @@ def build_report(
     for entry in sources.values():
         seeds = entry["seeds"].values()
         for key in ("correct_at_0.5", "mean_p_generated", "artist", "unsure", "ai"):
-            entry[key] = _mean_sd([s[key] for s in seeds])
+            entry[key] = mean_sd([s[key] for s in seeds])
     curves = {seed: risk_coverage(rows, config.human_class) for seed, rows in predictions.items()}
     return {
         "ensemble": ensemble_metrics(predictions, config.human_class) if len(predictions) > 1 else None,
@@ -500,7 +500,7 @@ def build_report(
 
 
 def format_stat(stat: dict[str, Any], digits: int = 3) -> str:
-    """A `_mean_sd` entry as "mean ± sd" (the mean alone for one seed, "n/a" for none)."""
+    """A `mean_sd` entry as "mean ± sd" (the mean alone for one seed, "n/a" for none)."""
     if stat["mean"] is None:
         return "n/a"
     if stat["n_seeds"] < 2:  # one seed has no spread to show

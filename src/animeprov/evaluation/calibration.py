@@ -198,11 +198,10 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return np.exp(log_softmax(_log_probs(np.asarray(probs, dtype=np.float64)) / temperature, axis=1))
 
 
-def _detection_log_probs(probs: np.ndarray, human: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(log P(human), log P(generated), the generator columns) of softmax outputs."""
-    log_p = _log_probs(np.asarray(probs, dtype=np.float64))
-    generators = [i for i in range(log_p.shape[1]) if i != human]
-    return log_p[:, human], logsumexp(log_p[:, generators], axis=1), generators
+def _detection_log_probs(log_p: np.ndarray, human: int) -> tuple[np.ndarray, np.ndarray]:
+    """(log P(human), log P(generated)) of log softmax outputs."""
+    generators = np.delete(log_p, human, axis=1)
+    return log_p[:, human], logsumexp(generators, axis=1)
 
 
 def calibrated_probabilities(
@@ -210,18 +209,17 @@ def calibrated_probabilities(
 ) -> np.ndarray:
     """Class probabilities with P(generated) = sigmoid(logit(1 - p[human]) / detection_temperature) and the
     generator columns sharing it as softmax(log p / temperature) shares them (module docstring)."""
-    log_human, log_generated, generators = _detection_log_probs(probs, human)
+    log_p = _log_probs(np.asarray(probs, dtype=np.float64))
+    log_human, log_generated = _detection_log_probs(log_p, human)
     detection_logit = (log_generated - log_human) / detection_temperature
-    calibrated = np.empty((len(log_human), len(generators) + 1))
-    calibrated[:, human] = expit(-detection_logit)
-    share = softmax(_log_probs(np.asarray(probs, dtype=np.float64))[:, generators] / temperature, axis=1)
-    calibrated[:, generators] = expit(detection_logit)[:, None] * share
-    return calibrated
+    share = softmax(np.delete(log_p, human, axis=1) / temperature, axis=1)
+    shared = expit(detection_logit)[:, None] * share
+    return np.insert(shared, human, expit(-detection_logit), axis=1)
 
 
 def detection_probs(probs: np.ndarray, human: int) -> np.ndarray:
     """(n, 2) columns P(human), P(generated) of softmax outputs: the two-class problem detection is."""
-    log_human, log_generated, _ = _detection_log_probs(probs, human)
+    log_human, log_generated = _detection_log_probs(_log_probs(np.asarray(probs, dtype=np.float64)), human)
     return np.exp(np.stack([log_human, log_generated], axis=1))
 
 
