@@ -15,6 +15,8 @@ Models:
   `--variant` (cnn-dct-mask) at `--size`, RANDOM-INITIALISED weights with the DCT stem statistics fitted on
   a few noise images, no calibration (so no checks). Its verdicts mean nothing; its cost per request is that
   of a trained model of the same variant and size.
+- `reference_tiles16`: the reference model with `--max-tiles 16`, 16 of the 64 tiles
+  spread over the upload.
 - `--run PATH`: also an existing run folder.
 
 Uploads:
@@ -52,7 +54,9 @@ from animeprov.models import create_model
 from animeprov.transforms.stem import fit_stem_statistics
 
 CLASSES = [DEFAULT_HUMAN_CLASS, "gen-a", "gen-b", "gen-c", "gen-d"]  # five, as in the paper
-MODELS = ("reference", "baseline")
+MODELS = ("reference", "baseline", "reference_tiles16")
+# `serve` options of a model beyond its run: reference_tiles16 judges 16 of a 512 px upload's 64 tiles
+SERVE_OPTIONS = {"reference_tiles16": ["--max-tiles", "16"]}
 
 
 def write_throwaway_run(folder: Path, variant: str, size: int, seed: int = 0) -> Path:
@@ -111,9 +115,14 @@ def free_port() -> int:
 
 
 def start_server(
-    run: Path | None, port: int, max_concurrent: int, max_waiting: int, env: dict[str, str] | None = None
+    run: Path | None,
+    port: int,
+    max_concurrent: int,
+    max_waiting: int,
+    env: dict[str, str] | None = None,
+    options: list[str] | None = None,
 ) -> subprocess.Popen:
-    """`serve RUN`, or `serve` (the reference model) when `run` is None."""
+    """`serve RUN [OPTIONS]`, or `serve [OPTIONS]` (the reference model) when `run` is None."""
     command = [
         sys.executable,
         "-m",
@@ -128,6 +137,7 @@ def start_server(
         str(max_concurrent),
         "--max-waiting",
         str(max_waiting),
+        *(options or []),
     ]
     server = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
@@ -201,11 +211,15 @@ def summary(latencies: list[float]) -> dict[str, float]:
 
 
 def measure(
-    run: Path | None, uploads: dict[str, bytes], args: argparse.Namespace, env: dict[str, str] | None = None
+    run: Path | None,
+    uploads: dict[str, bytes],
+    args: argparse.Namespace,
+    env: dict[str, str] | None = None,
+    options: list[str] | None = None,
 ) -> dict:
     """One server: per upload, warm-up, sequential latency, then the concurrent load test."""
     port = free_port()
-    server = start_server(run, port, args.max_concurrent, args.max_waiting, env)
+    server = start_server(run, port, args.max_concurrent, args.max_waiting, env, options)
     url = f"http://127.0.0.1:{port}/v1/predict"
     results = {}
     try:
@@ -274,7 +288,7 @@ def main() -> None:
     parser.add_argument(
         "--models",
         default=",".join(MODELS),
-        help=f"Comma-separated models to serve, of {', '.join(MODELS)} (default: both).",
+        help=f"Comma-separated models to serve, of {', '.join(MODELS)} (default: all).",
     )
     parser.add_argument("--run", type=Path, help="Also serve this existing run folder.")
     parser.add_argument("--variant", default="cnn-dct-mask", help="The baseline's variant.")
@@ -325,11 +339,12 @@ def main() -> None:
     model_names: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="animeprov-http-bench-") as scratch:
         for name in models:
-            if name == "reference":
+            if name.startswith("reference"):
                 model_names[name] = (
                     f"the bundled reference model (`serve` without a run): {reference_model()}"
+                    + "".join(f" {option}" for option in SERVE_OPTIONS.get(name, []))
                 )
-                results[name] = measure(None, uploads, args)
+                results[name] = measure(None, uploads, args, options=SERVE_OPTIONS.get(name))
             else:
                 run = write_throwaway_run(Path(scratch) / name, args.variant, args.size)
                 model_names[name] = (
@@ -340,7 +355,11 @@ def main() -> None:
             if args.omp_passive:
                 model_names[f"{name}+omp_passive"] = model_names[name] + ", OMP_WAIT_POLICY=PASSIVE"
                 results[f"{name}+omp_passive"] = measure(
-                    None if name == "reference" else run, uploads, args, {"OMP_WAIT_POLICY": "PASSIVE"}
+                    None if name.startswith("reference") else run,
+                    uploads,
+                    args,
+                    {"OMP_WAIT_POLICY": "PASSIVE"},
+                    SERVE_OPTIONS.get(name),
                 )
         if args.run is not None:
             config = ckpt.read_config(args.run)

@@ -17,7 +17,9 @@ prints JSON.
      run with `--no-stability` as then (there were no stability checks). Throughput does not depend on the
      weights' values;
    - `default_bf16`, `default_no_stability_bf16`: the first two with `--precision bf16` (bfloat16
-     autocast); the in-process part also reports how far their predictions are from fp32's.
+     autocast); `default_tiles16`, `default_no_stability_tiles16`: with `--max-tiles 16` (16 of the 64
+     tiles, spread over the image); `default_no_stability_tiles16_bf16`: both. The in-process part also
+     reports how far their predictions are from those of the same pipeline in fp32 over every tile.
 3. In one process on the first `--in-process-files` files: reading, decoding, evidence and views alone
    (`prepare`), then `predict_many` of each pipeline at 1 and at the default number of threads, in
    `--rounds` interleaved rounds (median images/s), with the share of images whose stability checks ran.
@@ -104,30 +106,57 @@ def make_run(folder: Path, size: int, classes: list[str]) -> Path:
 
 
 # NAME_bf16: NAME with `--precision bf16` (bfloat16 autocast; fast on CPUs with avx512_bf16 or AMX).
-PIPELINES = ("default", "default_no_stability", "baseline", "default_bf16", "default_no_stability_bf16")
+# NAME_tilesK: NAME with `--max-tiles K` (K of the 64 tiles of a 512 px image, spread over it).
+PIPELINES = (
+    "default",
+    "default_no_stability",
+    "baseline",
+    "default_bf16",
+    "default_no_stability_bf16",
+    "default_tiles16",
+    "default_no_stability_tiles16",
+    "default_no_stability_tiles16_bf16",
+)
+BASES = ("default", "default_no_stability", "baseline")
+
+
+def parse_pipeline(name: str) -> tuple[str, str, int | None]:
+    """(base pipeline, precision, max tiles) of a pipeline name such as default_no_stability_tiles16_bf16."""
+    precision, max_tiles = "auto", None
+    base = name
+    if base.endswith("_bf16"):
+        base, precision = base.removesuffix("_bf16"), "bf16"
+    head, _, tiles = base.rpartition("_tiles")
+    if head and tiles.isdigit():
+        base, max_tiles = head, int(tiles)
+    if base not in BASES:
+        raise ValueError(f"unknown pipeline {name!r}; e.g. {', '.join(PIPELINES)}")
+    return base, precision, max_tiles
 
 
 def pipeline_args(name: str, baseline_run: Path) -> list[str]:
-    """The `predict` arguments (before the paths) that select a pipeline's model, checks and precision."""
-    if name.endswith("_bf16"):
-        return [*pipeline_args(name.removesuffix("_bf16"), baseline_run), "--precision", "bf16"]
-    if name == "default":
-        return []
-    if name == "default_no_stability":
-        return ["--no-stability"]
-    if name == "baseline":
-        return [str(baseline_run), "--no-stability"]
-    raise ValueError(f"unknown pipeline {name!r}; choose from {', '.join(PIPELINES)}")
+    """The `predict` arguments (before the paths) that select a pipeline's model, checks, precision and
+    tile budget."""
+    base, precision, max_tiles = parse_pipeline(name)
+    args = {"default": [], "default_no_stability": ["--no-stability"]}.get(
+        base, [str(baseline_run), "--no-stability"]
+    )
+    if precision != "auto":
+        args += ["--precision", precision]
+    if max_tiles is not None:
+        args += ["--max-tiles", str(max_tiles)]
+    return args
 
 
 def make_predictor(name: str, baseline_run: Path):
     from animeprov.predict import STABILITY_CHECKS, Predictor
 
-    precision = "bf16" if name.endswith("_bf16") else "auto"
-    name = name.removesuffix("_bf16")
-    run = baseline_run if name == "baseline" else "reference"
-    checks = STABILITY_CHECKS if name == "default" else ()
-    return Predictor.from_checkpoint(run, device="cpu", checks=checks, precision=precision)
+    base, precision, max_tiles = parse_pipeline(name)
+    run = baseline_run if base == "baseline" else "reference"
+    checks = STABILITY_CHECKS if base == "default" else ()
+    return Predictor.from_checkpoint(
+        run, device="cpu", checks=checks, precision=precision, max_tiles=max_tiles
+    )
 
 
 def checks_ran(prediction) -> bool:
@@ -176,10 +205,11 @@ def in_process(baseline_run: Path, files: list[Path], args: argparse.Namespace) 
         for key, value in medians.items()
     }
     results["share_of_images_checked"] = checked
-    results["bf16_against_fp32"] = {
-        name: agreement(last[name.removesuffix("_bf16")], last[name])
+    # each bf16 or tile-budget pipeline against the same pipeline in fp32 over every tile
+    results["against_fp32_every_tile"] = {
+        name: agreement(last[parse_pipeline(name)[0]], last[name])
         for name in last
-        if name.endswith("_bf16")
+        if parse_pipeline(name)[0] != name
     }
     results["batch_size"] = {
         name: args.batch_size or default_batch_size(predictor.size) for name, predictor in predictors.items()
@@ -414,6 +444,7 @@ def main() -> None:
             "default_no_stability": "reference model, --no-stability",
             "baseline": f"untrained cnn-dct-mask at {args.size} px, {len(classes)} classes, --no-stability",
             "*_bf16": "the same with --precision bf16",
+            "*_tilesK": "the same with --max-tiles K (K of a 512 px image's 64 tiles)",
         },
         "inputs": {
             "unique_jpegs": len(unique),

@@ -475,6 +475,25 @@ def test_tile_grid_is_centred_and_row_major():
     assert tile_grid(10, 100, 32) == []
 
 
+def test_a_tile_budget_keeps_an_evenly_spread_sub_grid_edge_to_edge():
+    every = tile_grid(512, 512, 64)
+    assert len(every) == 64 and tile_grid(512, 512, 64, max_tiles=64) == every
+    # 16 of the 8 x 8 tiles: rows and columns 0, 2, 5, 7 (i * 7 / 3 rounded), first and last included
+    kept = tile_grid(512, 512, 64, max_tiles=16)
+    assert kept == [(64 * r, 64 * c) for r in (0, 2, 5, 7) for c in (0, 2, 5, 7)]
+    assert set(kept) <= set(every)
+    # the largest sub-grid within the budget, shaped like the grid: 2 x 8 tiles of a 4 x 16 strip
+    strip = tile_grid(4 * 32, 16 * 32, 32, max_tiles=16)
+    assert sorted({t for t, _ in strip}) == [0, 96] and len({s for _, s in strip}) == 8
+    assert tile_grid(4 * 32, 16 * 32, 32, max_tiles=1) == [(32, 7 * 32)]  # one tile: the middle one
+    assert tile_grid(64, 96, 32, max_tiles=100) == tile_grid(64, 96, 32)  # fewer tiles than the budget
+    with pytest.raises(ValueError, match="max_tiles must be at least 1"):
+        tile_grid(64, 64, 32, max_tiles=0)
+    pixels = np.arange(512 * 512 * 3, dtype=np.uint32).astype(np.uint8).reshape(512, 512, 3)
+    views = make_views(pixels, 64, "tiles", max_tiles=16)
+    assert len(views) == 16 and np.array_equal(views[5], pixels[128:192, 128:192])  # row 2, column 2
+
+
 @pytest.mark.parametrize("mode", ["crop", "tiles"])
 def test_too_small_is_refused_for_crop_and_tiles(mode):
     with pytest.raises(ImageError) as caught:

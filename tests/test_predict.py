@@ -226,6 +226,34 @@ def test_thresholds_without_calibration_need_both_bands(run, tmp_path):
     assert by_hand.info()["calibrated"] is False
 
 
+def test_a_tile_budget_judges_the_spread_sub_grid_everywhere(tmp_path):
+    calibrated_run = make_run(
+        tmp_path / "cal", calibration={"temperature": 1.0, "ai_threshold": 0.0, "artist_threshold": 0.0}
+    )
+    path = write_image(tmp_path / "big.png", 4 * SIZE, 4 * SIZE)
+    pixels = load_image(path).pixels
+    every = Predictor.from_checkpoint(calibrated_run)
+    budget = Predictor.from_checkpoint(calibrated_run, max_tiles=4)
+    assert (every.info()["max_tiles"], budget.info()["max_tiles"]) == (None, 4)
+
+    one = budget.predict(path)
+    # the image's 4 x 4 tiles -> its four corner tiles (each check's copy is cut the same way)
+    assert one.view == "tiles" and one.n_views == 4 and set(one.checks) >= {"jpeg:90", "shift:4"}
+    corners = [pixels[t : t + SIZE, s : s + SIZE] for t in (0, 3 * SIZE) for s in (0, 3 * SIZE)]
+    by_hand = 1 - softmax(model_log_probs(calibrated_run, corners).mean(axis=0))[CLASSES.index("human")]
+    assert one.p_generated == pytest.approx(by_hand, abs=1e-6)
+    judged_whole = every.predict(path)
+    assert judged_whole.n_views == 16 and judged_whole.p_generated != pytest.approx(by_hand, abs=1e-4)
+    for workers in (0, 2):
+        (many,) = budget.predict_many([path], workers=workers)
+        assert many.n_views == one.n_views and many.p_generated == pytest.approx(one.p_generated, abs=1e-6)
+        assert many.checks["shift:4"]["p_generated"] == pytest.approx(
+            one.checks["shift:4"]["p_generated"], abs=1e-5
+        )
+    with pytest.raises(ValueError, match="max_tiles must be at least 1"):
+        Predictor.from_checkpoint(calibrated_run, max_tiles=0)
+
+
 def test_predict_many_streams_in_order_and_reports_bad_files(run, tmp_path):
     shapes = [(SIZE, SIZE), (2 * SIZE, 3 * SIZE), (SIZE, 2 * SIZE), (3 * SIZE, SIZE)]
     paths = [write_image(tmp_path / f"{i}.png", h, w, seed=i) for i, (h, w) in enumerate(shapes)]

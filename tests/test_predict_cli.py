@@ -128,6 +128,17 @@ def test_thresholds_override_the_calibration(run, images, tmp_path):
     assert bad.exit_code == 2 and "above the ai threshold" in bad.said
 
 
+def test_max_tiles_caps_the_tiles_judged_per_image(run, images, tmp_path):
+    def views(*options: str) -> dict:
+        out = tmp_path / f"t{len(list(tmp_path.glob('t*.jsonl')))}.jsonl"
+        assert invoke("predict", run, images, "--out", out, *options).exit_code == 0
+        return {Path(r["source"]).name: r["n_views"] for r in jsonl_rows(out) if not r["error"]}
+
+    assert views() == {"a.png": 1, "b.jpg": 1, "c.png": 4}
+    assert views("--max-tiles", "2") == {"a.png": 1, "b.jpg": 1, "c.png": 2}
+    assert invoke("predict", run, images, "--max-tiles", "0").exit_code == 2
+
+
 def test_shards_partition_the_files():
     sources = [f"imgs/{i:05d}.png" for i in range(400)]
     for shards in (1, 2, 3, 7):

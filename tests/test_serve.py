@@ -201,6 +201,14 @@ def test_heatmaps_of_many_tiles_are_refused(run, predictor):
     assert cropped.status_code == 200 and cropped.json()["heatmap_png"]
 
 
+def test_a_tile_budget_is_served_and_lets_heatmaps_of_large_images_through(run):
+    settings = ServeSettings(max_heatmap_views=2)
+    with TestClient(create_app(run, settings=settings, device="cpu", max_tiles=1)) as budget:
+        assert budget.get("/v1/model").json()["max_tiles"] == 1
+        body = upload(budget, png_bytes(size=64), heatmap="true").json()
+    assert body["view"] == "tiles" and body["n_views"] == 1 and body["heatmap_png"]
+
+
 def test_spectrum_comes_with_the_fingerprint_of_the_top_class(client):
     body = upload(client, png_bytes(size=64), spectrum="true").json()
     spectrum = body["spectrum"]

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import math
 import os
 import stat
 import struct
@@ -462,11 +463,13 @@ def make_views(
     *,
     path: str = "<image>",
     pad_value: tuple[int, int, int] = (255, 255, 255),
+    max_tiles: int | None = None,
 ) -> list[np.ndarray]:
     """Fixed (size, size, 3) uint8 views of an image. Only mode="resize" resamples pixels.
 
     crop:   one centre crop; ImageError if the image is smaller than the view.
-    tiles:  every tile of the centred grid from `tile_grid`, row-major; ImageError if too small.
+    tiles:  the tiles of the centred grid from `tile_grid` (at most `max_tiles`, spread over the image),
+            row-major; ImageError if too small.
     pad:    pad with `pad_value` (centred) where smaller than the view, then centre crop.
     resize: shorter side resampled to `size` (bicubic), then centre crop. Destroys fingerprints.
     """
@@ -481,7 +484,7 @@ def make_views(
         _require_view_fits(height, width, size, path)
         return [
             pixels[top : top + size, left : left + size].copy()
-            for top, left in tile_grid(height, width, size)
+            for top, left in tile_grid(height, width, size, max_tiles)
         ]
     if mode == "pad":
         _check_colour(pad_value, "pad_value")
@@ -491,17 +494,40 @@ def make_views(
     raise ValueError(f"unknown view mode {mode!r}; choose one of {', '.join(VIEW_MODES)}")
 
 
-def tile_grid(height: int, width: int, size: int) -> list[tuple[int, int]]:
+def tile_grid(height: int, width: int, size: int, max_tiles: int | None = None) -> list[tuple[int, int]]:
     """(top, left) corners of the non-overlapping size x size tiles, row-major.
 
     floor(height / size) x floor(width / size) tiles; the grid is centred, so the uncovered margin
     is split evenly (the extra pixel, if odd, goes to the bottom/right). Empty if the image is too small.
+    With `max_tiles`, a grid of more tiles keeps a sub-grid of at most that many (`spread_grid`): rows and
+    columns evenly spaced from edge to edge, so the kept tiles still cover the whole picture.
     """
     if size <= 0:
         raise ValueError(f"tile size must be positive, got {size}")
+    if max_tiles is not None and max_tiles < 1:
+        raise ValueError(f"max_tiles must be at least 1, got {max_tiles}")
     rows, cols = height // size, width // size
     top0, left0 = (height - rows * size) // 2, (width - cols * size) // 2
-    return [(top0 + r * size, left0 + c * size) for r in range(rows) for c in range(cols)]
+    kept_rows, kept_cols = range(rows), range(cols)
+    if max_tiles is not None and rows * cols > max_tiles:
+        kept_rows, kept_cols = spread_grid(rows, cols, max_tiles)
+    return [(top0 + r * size, left0 + c * size) for r in kept_rows for c in kept_cols]
+
+
+def spread_grid(rows: int, cols: int, max_tiles: int) -> tuple[list[int], list[int]]:
+    """The rows and columns of the largest sub-grid of a rows x cols grid with at most `max_tiles` cells,
+    its shape closest to the grid's (ties), each index list evenly spaced from the first to the last."""
+
+    def mismatch(shape: tuple[int, int]) -> float:
+        return abs(math.log(shape[0] / shape[1]) - math.log(rows / cols))
+
+    shapes = [(r, min(cols, max_tiles // r)) for r in range(1, min(rows, max_tiles) + 1)]
+    kept_rows, kept_cols = max(shapes, key=lambda shape: (shape[0] * shape[1], -mismatch(shape)))
+
+    def spread(n: int, kept: int) -> list[int]:
+        return [round(i * (n - 1) / (kept - 1)) for i in range(kept)] if kept > 1 else [(n - 1) // 2]
+
+    return spread(rows, kept_rows), spread(cols, kept_cols)
 
 
 def _check_pixels_array(pixels: np.ndarray) -> None:

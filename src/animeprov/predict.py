@@ -2,9 +2,10 @@
 
 One image goes through: load (`animeprov.io`, the one place for bad-input rules) -> metadata evidence (kept
 apart, never folded into the verdict) -> views (one centre crop, or every tile of the centred grid for
-images larger than the model input; never a silent resize) -> model -> the views' log-probabilities are
-averaged (a geometric mean of the tiles' probabilities, renormalised; equal to the softmax of the mean
-logits) -> temperature and verdict from the run's calibration.json.
+images larger than the model input, or at most `max_tiles` of them spread over it; never a silent
+resize) -> model -> the views' log-probabilities are averaged (a geometric mean of the tiles'
+probabilities, renormalised; equal to the softmax of the mean logits) -> temperature and verdict from the
+run's calibration.json.
 
 `predict_many` streams: items are taken lazily, decoded (optionally in DataLoader worker processes, which
 overlaps decoding with the model), their views batched across images, and each result is yielded, in input
@@ -99,13 +100,15 @@ def choose_view(height: int, width: int, size: int, view: str = "auto") -> str:
     return "tiles" if (height > size or width > size) and height >= size and width >= size else "crop"
 
 
-def view_corners(height: int, width: int, size: int, view: str) -> list[tuple[int, int]] | None:
+def view_corners(
+    height: int, width: int, size: int, view: str, max_tiles: int | None = None
+) -> list[tuple[int, int]] | None:
     """(top, left) of each view in the loaded image, in `make_views` order; None for pad/resize views,
     which are not a window of the image."""
     if view == "crop":
         return [((height - size) // 2, (width - size) // 2)]
     if view == "tiles":
-        return tile_grid(height, width, size)
+        return tile_grid(height, width, size, max_tiles)
     return None
 
 
@@ -193,12 +196,14 @@ def prepare(
     name: str | None = None,
     keep_pixels: bool = False,
     raw: bytes | None = None,
+    max_tiles: int | None = None,
 ) -> Prepared:
-    """Load, read evidence, cut views. Raises ImageError for a bad image."""
+    """Load, read evidence, cut views (at most `max_tiles` tiles, spread over the image: `io.tile_grid`).
+    Raises ImageError for a bad image."""
     loaded, raw = load_item(item, rules, name=name, raw=raw)
     height, width = loaded.height, loaded.width
     chosen = choose_view(height, width, size, view)
-    views = make_views(loaded.pixels, size, chosen, path=loaded.path)
+    views = make_views(loaded.pixels, size, chosen, path=loaded.path, max_tiles=max_tiles)
     return Prepared(
         source=loaded.path,
         views=np.stack(views),
@@ -206,7 +211,7 @@ def prepare(
         view=chosen,
         notes=list(loaded.notes),
         evidence=evidence_summary(read_evidence(loaded, raw)),
-        corners=view_corners(height, width, size, chosen),
+        corners=view_corners(height, width, size, chosen, max_tiles),
         shape=(height, width),
         pixels=loaded.pixels if keep_pixels else None,
     )
@@ -232,7 +237,9 @@ def parse_check(check: str) -> tuple[str, int]:
     return kind, int(value)
 
 
-def stability_views(prepared: Prepared, checks: Sequence[str], size: int, view: str) -> np.ndarray | None:
+def stability_views(
+    prepared: Prepared, checks: Sequence[str], size: int, view: str, max_tiles: int | None = None
+) -> np.ndarray | None:
     """The views of each of `checks`' copies of the image (in `prepared.pixels`), appended to
     `prepared.groups` in order; None when no check applies (an image too small to shift). A copy that
     cannot be made (WebP holds at most 16383 px a side: a long webtoon strip) is skipped with a note: one
@@ -246,7 +253,7 @@ def stability_views(prepared: Prepared, checks: Sequence[str], size: int, view: 
             continue
         if variant is not None:
             chosen = choose_view(*variant.shape[:2], size, view)
-            extra = make_views(variant, size, chosen, path=prepared.source)
+            extra = make_views(variant, size, chosen, path=prepared.source, max_tiles=max_tiles)
             views += extra
             prepared.groups.append((check, len(extra)))
     return np.stack(views) if views else None
@@ -281,11 +288,16 @@ def _source_name(item: Item) -> str:
 
 
 def prepare_or_error(
-    item: Item, size: int, view: str, rules: LoadRules, keep_pixels: bool = False
+    item: Item,
+    size: int,
+    view: str,
+    rules: LoadRules,
+    keep_pixels: bool = False,
+    max_tiles: int | None = None,
 ) -> Prepared:
     """`prepare`, with any failure turned into `Prepared.error`: one bad file never stops a stream."""
     try:
-        return prepare(item, size, view, rules, keep_pixels=keep_pixels)
+        return prepare(item, size, view, rules, keep_pixels=keep_pixels, max_tiles=max_tiles)
     except ImageError as error:
         return Prepared(source=error.path, views=None, error=str(error))
     except Exception as error:  # e.g. MemoryError on a huge image: reported for this file, the rest goes on
@@ -298,11 +310,14 @@ class _PrepareDataset(torch.utils.data.Dataset):
     item iterable, so the main process pulls items one by one, workers decode them, and results come back
     in order with at most prefetch_factor x workers items in flight."""
 
-    def __init__(self, size: int, view: str, rules: LoadRules, keep_pixels: bool) -> None:
+    def __init__(
+        self, size: int, view: str, rules: LoadRules, keep_pixels: bool, max_tiles: int | None
+    ) -> None:
         self.size, self.view, self.rules, self.keep_pixels = size, view, rules, keep_pixels
+        self.max_tiles = max_tiles
 
     def __getitem__(self, item: Item) -> Prepared:
-        return prepare_or_error(item, self.size, self.view, self.rules, self.keep_pixels)
+        return prepare_or_error(item, self.size, self.view, self.rules, self.keep_pixels, self.max_tiles)
 
 
 def _no_collate(prepared: Prepared) -> Prepared:
@@ -310,12 +325,18 @@ def _no_collate(prepared: Prepared) -> Prepared:
 
 
 def _prepared_stream(
-    items: Iterable[Item], size: int, view: str, rules: LoadRules, workers: int, keep_pixels: bool
+    items: Iterable[Item],
+    size: int,
+    view: str,
+    rules: LoadRules,
+    workers: int,
+    keep_pixels: bool,
+    max_tiles: int | None,
 ):
     if workers == 0:
-        return (prepare_or_error(item, size, view, rules, keep_pixels) for item in items)
+        return (prepare_or_error(item, size, view, rules, keep_pixels, max_tiles) for item in items)
     loader = torch.utils.data.DataLoader(
-        _PrepareDataset(size, view, rules, keep_pixels),
+        _PrepareDataset(size, view, rules, keep_pixels, max_tiles),
         sampler=items,
         batch_size=None,
         num_workers=workers,
@@ -357,11 +378,14 @@ class Predictor:
         run: str | None = None,
         familiarity: Familiarity | None = None,
         checks: Sequence[str] = STABILITY_CHECKS,
+        max_tiles: int | None = None,
     ) -> None:
         """`familiarity` and `checks` (see STABILITY_CHECKS) make a verdict "unsure" for an image unlike the
         training data or whose verdict changes under those mild re-encodings; both need a calibration. The
         checks run only for a verdict that would otherwise be committed (artist or ai), each as one more
-        pass of the model over the image (checks=() for speed)."""
+        pass of the model over the image (checks=() for speed). `max_tiles` caps the tiles judged per
+        image, spread over it (`io.tile_grid`): the model's work on a large image, at some cost in
+        accuracy (docs/predict.md); None judges every tile."""
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if human_class not in classes:
@@ -382,6 +406,9 @@ class Predictor:
         self.checks = tuple(checks) if calibration is not None else ()
         for check in self.checks:
             parse_check(check)  # fails fast on a typo, before any image
+        if max_tiles is not None and max_tiles < 1:
+            raise ValueError(f"max_tiles must be at least 1, got {max_tiles}")
+        self.max_tiles = max_tiles
 
     @classmethod
     def from_checkpoint(
@@ -394,6 +421,7 @@ class Predictor:
         load_rules: LoadRules = LoadRules(),
         precision: str = "auto",
         checks: Sequence[str] = STABILITY_CHECKS,
+        max_tiles: int | None = None,
     ) -> Predictor:
         """Load a run folder, or a bundled model by name ("reference", sha256-checked).
         `thresholds` ({"ai", "artist", "unknown"}: P(generated) / generator-score
@@ -430,6 +458,7 @@ class Predictor:
             run=str(run),
             familiarity=load_familiarity(run, weights),
             checks=checks,
+            max_tiles=max_tiles,
         )
 
     @classmethod
@@ -455,6 +484,7 @@ class Predictor:
             "animeprov": animeprov.__version__,
             "device": str(self.device),
             "weights_sha256": self.weights_sha256,
+            "max_tiles": self.max_tiles,
             "calibrated": calibration is not None and calibration.measured != {},
             "thresholds": None
             if calibration is None
@@ -582,10 +612,11 @@ class Predictor:
             name=name,
             keep_pixels=heatmap or bool(self.checks),
             raw=raw,
+            max_tiles=self.max_tiles,
         )
         log_probs, features = self._batched_forward(prepared.views)
         if self._needs_stability(log_probs, features):
-            extra = stability_views(prepared, self.checks, self.size, view)
+            extra = stability_views(prepared, self.checks, self.size, view, self.max_tiles)
             if extra is not None:
                 log_probs = np.concatenate([log_probs, self._batched_forward(extra)[0]])
         result = self._result(prepared, log_probs, features)
@@ -620,11 +651,16 @@ class Predictor:
             batch_size = default_batch_size(self.size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        stream = _prepared_stream(items, self.size, view, self.load_rules, workers, bool(self.checks))
+        stream = _prepared_stream(
+            items, self.size, view, self.load_rules, workers, bool(self.checks), self.max_tiles
+        )
         waiting: deque[_Pending] = deque()  # in input order
         views: list[tuple[_Pending, np.ndarray]] = []  # views not yet through the model, with their image
         # Made in line, the copies kept a GPU waiting on one CPU core (docs/results/gpu-h200.md)
         encoder = ThreadPoolExecutor(workers) if workers > 0 and self.checks else None
+
+        def check_arguments(owner: _Pending) -> tuple:
+            return owner.prepared, self.checks, self.size, view, self.max_tiles
 
         def queue_checks(owner: _Pending) -> None:
             owner.image_judged = True
@@ -632,9 +668,9 @@ class Predictor:
             if not self._needs_stability(np.stack(owner.rows), features):
                 owner.prepared.pixels = None
             elif encoder is None:
-                add_checks(owner, stability_views(owner.prepared, self.checks, self.size, view))
+                add_checks(owner, stability_views(*check_arguments(owner)))
             else:
-                owner.copies = encoder.submit(stability_views, owner.prepared, self.checks, self.size, view)
+                owner.copies = encoder.submit(stability_views, *check_arguments(owner))
 
         def add_checks(owner: _Pending, extra: np.ndarray | None) -> None:
             owner.copies, owner.prepared.pixels = None, None

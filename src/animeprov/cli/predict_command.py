@@ -396,6 +396,12 @@ def predict(
     heatmaps: Path | None = typer.Option(
         None, help="Write an overlay PNG of where the model looked for its top class per image (slow)."
     ),
+    max_tiles: int | None = typer.Option(
+        None,
+        min=1,
+        help="Judge at most this many tiles of an image larger than the model input, spread over it "
+        "(default: every tile). Fewer tiles: faster on large images, a little less accurate.",
+    ),
     stability: bool = typer.Option(
         True,
         help="Re-judge each image after JPEG 90, WebP 90 and a 4-px shift; a verdict that changes becomes "
@@ -432,6 +438,7 @@ def predict(
             thresholds=thresholds,
             precision=precision,
             checks=STABILITY_CHECKS if stability else (),
+            max_tiles=max_tiles,
         )
     except (OSError, ValueError, StaleCalibrationError) as error:  # OSError: e.g. a run file not readable
         raise fail(error) from None

@@ -33,6 +33,12 @@ def serve(
     max_concurrent: int = typer.Option(2, min=1, help="Predictions computed at once."),
     max_waiting: int = typer.Option(16, min=0, help="Requests queued beyond those; more get 503."),
     max_heatmap_views: int = typer.Option(16, min=1, help="Most tiles a heatmap request may cover."),
+    max_tiles: int | None = typer.Option(
+        None,
+        min=1,
+        help="Judge at most this many tiles of an image larger than the model input, spread over it "
+        "(default: every tile). Fewer tiles: faster on large images, a little less accurate.",
+    ),
     cors_origin: list[str] = typer.Option(
         [], "--cors-origin", help="Browser origin allowed to call the API (repeat for more). Default: none."
     ),
@@ -75,7 +81,9 @@ def serve(
             cors_origins=tuple(cors_origin),
             allowed_hosts=tuple(allowed_hosts or ()),
         )
-        app = create_app(run, settings=settings, fingerprints=fingerprints, device=device)
+        app = create_app(
+            run, settings=settings, fingerprints=fingerprints, device=device, max_tiles=max_tiles
+        )
     except (ValueError, OSError, StaleCalibrationError) as error:  # OSError: e.g. a run file not readable
         raise fail(error) from None
     console.print(describe(app.state.run))

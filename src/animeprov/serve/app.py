@@ -308,14 +308,16 @@ def create_app(
     fingerprints: str | Path | None = None,
     device: str = "auto",
     predictor: Predictor | None = None,
+    max_tiles: int | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `run`'s model. `predictor` (a loaded `animeprov.predict.Predictor`) skips
-    loading the run again; `fingerprints` overrides RUN/fingerprints/."""
+    loading the run again; `fingerprints` overrides RUN/fingerprints/; `max_tiles` caps the tiles judged
+    per image (`Predictor`)."""
     from animeprov.reference import card_text, resolve_run
 
     run = resolve_run(run)  # "reference": the bundled model, sha256-checked
     if predictor is None:
-        predictor = Predictor.from_checkpoint(run, device=device)
+        predictor = Predictor.from_checkpoint(run, device=device, max_tiles=max_tiles)
     card = card_text(run)  # a bundled model's card, served at /model-card (read once, like the page)
     rules = LoadRules(max_pixels=settings.max_pixels, alpha_background=predictor.load_rules.alpha_background)
     prints = read_fingerprints(Path(fingerprints) if fingerprints is not None else None, run)
@@ -383,7 +385,11 @@ def create_app(
 
     def check_heatmap_cost(loaded: LoadedImage, view: str) -> None:
         chosen = choose_view(loaded.height, loaded.width, predictor.size, view)
-        n_views = len(tile_grid(loaded.height, loaded.width, predictor.size)) if chosen == "tiles" else 1
+        n_views = (
+            len(tile_grid(loaded.height, loaded.width, predictor.size, predictor.max_tiles))
+            if chosen == "tiles"
+            else 1
+        )
         if n_views > settings.max_heatmap_views:
             raise HTTPException(
                 422,

@@ -1,0 +1,96 @@
+"""What `--max-tiles` costs in accuracy on sources never seen; JSON on stdout.
+
+For each fold and seed of a finished `animeprov crossval` folder, every held-out image is cut into all its
+tiles once and each tile judged once by that fold's model; the image's P(generated) (the model's own,
+before calibration: the ranking and the 0.5 decision that format 2's calibration keeps) is then taken over
+the sub-grid `--max-tiles K` keeps (`io.tile_grid`) for each K in `--budgets`, and over every tile.
+Pooled over folds, per seed: ROC-AUC and balanced accuracy at 0.5; then mean and sd over seeds.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tile_budget.py \
+        runs/gen/effnet-pixel-ImageNet-init-equal-augmentation-source-sampling-binary-loss \
+        --budgets 12,9,8,4,2,1
+
+The development sets are 256 px crops: with the default recipe's 64 px tiles, 16 tiles per image, so a
+budget of 4 keeps a quarter of them, as 16 would of a 512 px image's 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.special import softmax
+from sklearn.metrics import roc_auc_score
+
+from animeprov.crossval import mean_sd
+from animeprov.io import tile_grid
+from animeprov.predict import Predictor, prepare
+
+
+def judged_tiles(folder: Path) -> list[dict]:
+    """Per held-out image and seed: whether it is generated, its tiles' corners and log-probabilities."""
+    images = []
+    for predictions in sorted(folder.glob("fold-*/seed-*/predictions.jsonl")):
+        predictor = Predictor.from_checkpoint(predictions.parent / "run", device="cpu", checks=())
+        human = predictor.classes.index(predictor.human_class)
+        seed = int(predictions.parent.name.removeprefix("seed-"))
+        for line in predictions.read_text().splitlines():
+            row = json.loads(line)
+            if row["error"] is not None:
+                continue
+            prepared = prepare(row["path"], predictor.size, "tiles", predictor.load_rules)
+            images.append(
+                {
+                    "seed": seed,
+                    "generated": row["class"] != predictor.human_class,
+                    "human": human,
+                    "shape": prepared.shape,
+                    "size": predictor.size,
+                    "corners": prepared.corners,
+                    "log_probs": predictor.log_probs(prepared.views),
+                }
+            )
+    return images
+
+
+def p_generated(image: dict, max_tiles: int | None) -> float:
+    kept = set(tile_grid(*image["shape"], image["size"], max_tiles))
+    rows = [i for i, corner in enumerate(image["corners"]) if corner in kept]
+    return float(1.0 - softmax(image["log_probs"][rows].mean(axis=0))[image["human"]])
+
+
+def figures(images: list[dict], max_tiles: int | None) -> dict:
+    per_seed = {}
+    for seed in sorted({image["seed"] for image in images}):
+        chosen = [image for image in images if image["seed"] == seed]
+        generated = np.array([image["generated"] for image in chosen])
+        p = np.array([p_generated(image, max_tiles) for image in chosen])
+        balanced = ((p[generated] >= 0.5).mean() + (p[~generated] < 0.5).mean()) / 2
+        per_seed[seed] = {"roc_auc": float(roc_auc_score(generated, p)), "balanced_accuracy": float(balanced)}
+    return {
+        "tiles_per_image": sorted({len(tile_grid(*i["shape"], i["size"], max_tiles)) for i in images}),
+        **{key: mean_sd([s[key] for s in per_seed.values()]) for key in ("roc_auc", "balanced_accuracy")},
+        "per_seed": per_seed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folder", type=Path, help="a finished `animeprov crossval --out` folder")
+    parser.add_argument("--budgets", default="16,8,4,2,1", help="comma-separated --max-tiles values")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    images = judged_tiles(args.folder)
+    report = {"folder": str(args.folder), "images": len(images), "every_tile": figures(images, None)}
+    for budget in (int(b) for b in args.budgets.split(",")):
+        report[f"max_tiles_{budget}"] = figures(images, budget)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""benchmarks/tile_budget.py: an image's P(generated) over the tiles that `--max-tiles` keeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_benchmark
+
+from animeprov.io import tile_grid
+
+tile_budget = load_benchmark("tile_budget")
+
+
+def image(generated: bool, corner_log_odds: float, seed: int = 0) -> dict:
+    """A 128 px image of 4 x 4 tiles of 32 px, two classes (human first): its four corner tiles say
+    generated with log-odds `corner_log_odds`, the twelve others human with log-odds 2."""
+    corners = tile_grid(128, 128, 32)
+    log_probs = []
+    for top, left in corners:
+        odds = corner_log_odds if top in (0, 96) and left in (0, 96) else -2.0
+        log_probs.append([-np.logaddexp(0, odds), -np.logaddexp(0, -odds)])  # log P(human), log P(gen)
+    return {
+        "seed": seed,
+        "generated": generated,
+        "human": 0,
+        "shape": (128, 128),
+        "size": 32,
+        "corners": corners,
+        "log_probs": np.array(log_probs),
+    }
+
+
+def test_a_budget_of_four_judges_the_four_corner_tiles_only():
+    one = image(True, corner_log_odds=3.0)
+    assert tile_budget.p_generated(one, 4) == pytest.approx(1 / (1 + np.exp(-3.0)))
+    mean_log_odds = (4 * 3.0 + 12 * -2.0) / 16  # every tile: the softmax of the mean logits
+    assert tile_budget.p_generated(one, None) == pytest.approx(1 / (1 + np.exp(-mean_log_odds)))
+
+
+def test_figures_pool_per_seed_and_count_the_tiles_kept():
+    images = [image(True, 3.0, seed) for seed in (0, 1)] + [image(False, -3.0, seed) for seed in (0, 1)]
+    every, budget = tile_budget.figures(images, None), tile_budget.figures(images, 4)
+    assert every["tiles_per_image"] == [16] and budget["tiles_per_image"] == [4]
+    # over every tile both images lean human: half right; over the corners both are right
+    assert every["balanced_accuracy"]["mean"] == 0.5 and budget["balanced_accuracy"]["mean"] == 1.0
+    assert budget["roc_auc"] == {"mean": 1.0, "sd": 0.0, "n_seeds": 2}
