@@ -50,7 +50,9 @@ from PIL import Image
 SHARED_CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "anime-real-256"
 
 
-def make_jpegs(folder: Path, count: int, size: int, crops_folder: Path, seed: int = 0) -> list[Path]:
+def make_jpegs(
+    folder: Path, count: int, size: int, crops_folder: Path = SHARED_CROPS, seed: int = 0
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     existing = sorted(folder.glob("*.jpg"))
     if len(existing) >= count:
