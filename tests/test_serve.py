@@ -207,6 +207,8 @@ def test_a_tile_budget_is_served_and_lets_heatmaps_of_large_images_through(run):
         assert budget.get("/v1/model").json()["max_tiles"] == 1
         body = upload(budget, png_bytes(size=64), heatmap="true").json()
     assert body["view"] == "tiles" and body["n_views"] == 1 and body["heatmap_png"]
+    with pytest.raises(ValueError, match="max_tiles is the predictor's"):
+        create_app(run, predictor=Predictor.from_checkpoint(run, device="cpu"), max_tiles=1)
 
 
 def test_spectrum_comes_with_the_fingerprint_of_the_top_class(client):

@@ -318,6 +318,8 @@ def create_app(
     run = resolve_run(run)  # "reference": the bundled model, sha256-checked
     if predictor is None:
         predictor = Predictor.from_checkpoint(run, device=device, max_tiles=max_tiles)
+    elif max_tiles is not None:
+        raise ValueError("max_tiles is the predictor's: give it to Predictor.from_checkpoint")
     card = card_text(run)  # a bundled model's card, served at /model-card (read once, like the page)
     rules = LoadRules(max_pixels=settings.max_pixels, alpha_background=predictor.load_rules.alpha_background)
     prints = read_fingerprints(Path(fingerprints) if fingerprints is not None else None, run)
