@@ -406,8 +406,7 @@ class Predictor:
         self.checks = tuple(checks) if calibration is not None else ()
         for check in self.checks:
             parse_check(check)  # fails fast on a typo, before any image
-        if max_tiles is not None and max_tiles < 1:
-            raise ValueError(f"max_tiles must be at least 1, got {max_tiles}")
+        tile_grid(self.size, self.size, self.size, max_tiles)  # and on a budget below 1
         self.max_tiles = max_tiles
 
     @classmethod
