@@ -236,3 +236,48 @@ def test_val_detection_auc_is_the_roc_auc_of_p_generated():
     # P(generated) 0.1, 0.8 | 0.4, 0.7: generated images 0.8 and 0.4 against human 0.1 and 0.7 -> 3 of 4 pairs
     assert train_module._all_ranks_detection_auc(val, 0) == pytest.approx(0.75)
     assert train_module._all_ranks_detection_auc(val, None) is None
+
+
+def test_average_from_saves_the_mean_of_the_later_epochs_weights_and_resumes(tiny_split, tmp_path, monkeypatch):
+    snapshots = []
+    real_save = train_module._save_epoch
+
+    def recording_save(run, model, *args):
+        snapshots.append({key: value.clone() for key, value in model.state_dict().items()})
+        return real_save(run, model, *args)
+
+    monkeypatch.setattr(train_module, "_save_epoch", recording_save)
+    summary = train(_config(tiny_split, average_from=2), tmp_path / "full")
+    assert summary["averaged_epochs"] == 2 and len(snapshots) == 3
+    saved = load_file(tmp_path / "full" / "model.safetensors")
+    for key, value in saved.items():
+        if value.is_floating_point():  # epochs 2 and 3, not epoch 1
+            torch.testing.assert_close(value, (snapshots[1][key] + snapshots[2][key]) / 2, msg=key)
+        else:  # an integer buffer (BatchNorm's batch count) keeps the latest value
+            assert torch.equal(value, snapshots[2][key]), key
+    assert not torch.equal(saved["backbone.head.1.weight"], snapshots[2]["backbone.head.1.weight"])
+    assert load_calibration(tmp_path / "full") is not None  # calibrated for the averaged weights
+
+    # Killed during epoch 3, the resumed run goes on from the mean of epoch 2 kept on disk.
+    real_epoch = train_module.train_one_epoch
+    calls = {"n": 0}
+
+    def killed_during_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", killed_during_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_split, average_from=2), tmp_path / "killed")
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    train(_config(tiny_split, average_from=2), tmp_path / "killed", resume=True)
+    resumed = load_file(tmp_path / "killed" / "model.safetensors")
+    for key in saved:
+        torch.testing.assert_close(resumed[key], saved[key], msg=key)
+
+
+def test_average_from_outside_the_epochs_is_refused(tiny_split, tmp_path):
+    with pytest.raises(ValueError, match="average_from"):
+        train(_config(tiny_split, average_from=4), tmp_path / "run")

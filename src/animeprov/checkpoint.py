@@ -95,6 +95,21 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     _atomic_save_tensors(model.state_dict(), path, {"format": "pt"})
 
 
+def save_average(model: torch.nn.Module, path: Path, count: int) -> None:
+    """Fold the model's weights into the running mean stored at `path`, which holds the mean of `count - 1`
+    earlier snapshots (count 1 starts it). Integer buffers (BatchNorm's batch counter) keep the latest value."""
+    current = model.state_dict()
+    if count > 1:
+        previous, _ = _read_tensors(path)
+        current = {
+            key: previous[key] + (value.detach().cpu().to(previous[key].dtype) - previous[key]) / count
+            if value.is_floating_point()
+            else value
+            for key, value in current.items()
+        }
+    _atomic_save_tensors(current, path, {"format": "pt"})
+
+
 def write_config(run: Path, config: dict[str, Any]) -> None:
     atomic_write_text(run / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 

@@ -34,6 +34,7 @@ RECIPE_FIELDS = (
     "pairs",
     "select_on",
     "init",
+    "average_from",
 )
 
 # The paper's set-up: one centre crop of the whole model input, DCT + CBAM, plain cross-entropy.

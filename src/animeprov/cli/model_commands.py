@@ -148,10 +148,11 @@ def train(
         return  # under torchrun every rank returns the same summary: rank 0 prints it once
     for path, reason in summary["skipped"].items():
         console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
-    console.print(
-        f"best val accuracy {summary['best_val_accuracy']:.4f} at epoch {summary['best_epoch']}; "
-        f"run in {summary['run']}"
-    )
+    if summary["averaged_epochs"]:
+        saved = f"saved the mean of the weights of the last {summary['averaged_epochs']} epochs"
+    else:
+        saved = f"best val accuracy {summary['best_val_accuracy']:.4f} at epoch {summary['best_epoch']}"
+    console.print(f"{saved}; run in {summary['run']}")
     console.print(summary["calibration"])
 
 
