@@ -2,14 +2,17 @@
 without any temperature; JSON on stdout.
 
 Calibration format 1 took P(generated) as 1 - P(human) after the class temperature T, which drifts towards
-(C - 1) / C as T grows (evaluation/calibration.py). Format 2 divides the logit of the model's own
+(C - 1) / C as T grows (evaluation/calibration.py). Formats 2 and 3 divide the logit of the model's own
 P(generated) by a detection temperature, which never moves an image across 0.5: so the balanced accuracy at
-0.5 computed here is format 2's exactly, for folders predicted under either format, without running a
-model. The pooled ROC-AUC here is that of the raw P(generated); format 2's differs from it only in how the
-folds' detection temperatures interleave their scores.
+0.5 computed here is format 2's exactly for folders predicted under format 1 or 2, and format 3's for
+folders predicted under format 3, without running a model. (Format 3 pools an image's tiles on the
+detection logit, formats 1 and 2 as the softmax of their mean log-probabilities: tiles are not stored, so
+a folder predicted before format 3 keeps its pooling here.) The pooled ROC-AUC here is that of the raw
+P(generated); the calibrated one differs from it only in how the folds' detection temperatures interleave
+their scores.
 
 The stored probabilities are inverted: format 1 stored softmax(log p / T), whose T-th powers renormalised
-give p back; format 2 stored P(generated) = sigmoid(logit(p_generated) / D).
+give p back; formats 2 and 3 stored P(generated) = sigmoid(logit(p_generated) / D).
 
     .venv/bin/python benchmarks/crossval_uncalibrated.py runs/gen/* runs/loso/traces
 """

@@ -1,9 +1,12 @@
-"""What `--max-tiles` costs in accuracy on sources never seen; JSON on stdout.
+"""How an image's tiles are pooled, and what `--max-tiles` costs, on sources never seen; JSON on stdout.
 
 For each fold and seed of a finished `animeprov crossval` folder, every held-out image is cut into all its
 tiles once and each tile judged once by that fold's model; the image's P(generated) (the model's own,
-before calibration: the ranking and the 0.5 decision that format 2's calibration keeps) is then taken over
-the sub-grid `--max-tiles K` keeps (`io.tile_grid`) for each K in `--budgets`, and over every tile.
+before calibration: the ranking and the 0.5 decision that calibration keeps) is then pooled over the
+sub-grid `--max-tiles K` keeps (`io.tile_grid`) for each K in `--budgets`, and over every tile, as
+`predict` pools (`engine.pool_views`). For comparison, every tile is also pooled as before calibration
+format 3 (`every_tile_pooled_per_class`: the softmax of the mean log-probabilities), and the seeds' models
+are pooled together (`seed_ensemble`: the mean of each seed's pooled detection logit).
 Pooled over folds, per seed: ROC-AUC and balanced accuracy at 0.5; then mean and sd over seeds.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tile_budget.py \
@@ -18,14 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.special import softmax
+from scipy.special import expit, logit, softmax
 from sklearn.metrics import roc_auc_score
 
 from animeprov.crossval import mean_sd
+from animeprov.engine import pool_views
 from animeprov.io import tile_grid
 from animeprov.predict import Predictor, prepare
 
@@ -45,6 +50,7 @@ def judged_tiles(folder: Path) -> list[dict]:
             images.append(
                 {
                     "seed": seed,
+                    "path": row["path"],
                     "generated": row["class"] != predictor.human_class,
                     "human": human,
                     "shape": prepared.shape,
@@ -56,25 +62,46 @@ def judged_tiles(folder: Path) -> list[dict]:
     return images
 
 
-def p_generated(image: dict, max_tiles: int | None) -> float:
+def p_generated(image: dict, max_tiles: int | None, per_class: bool = False) -> float:
     kept = set(tile_grid(*image["shape"], image["size"], max_tiles))
-    rows = [i for i, corner in enumerate(image["corners"]) if corner in kept]
-    return float(1.0 - softmax(image["log_probs"][rows].mean(axis=0))[image["human"]])
+    log_probs = image["log_probs"][[i for i, corner in enumerate(image["corners"]) if corner in kept]]
+    if per_class:
+        return float(1.0 - softmax(log_probs.mean(axis=0))[image["human"]])
+    return float(
+        1.0
+        - pool_views(log_probs, np.zeros(len(log_probs), dtype=np.intp), image["human"])[0, image["human"]]
+    )
 
 
-def figures(images: list[dict], max_tiles: int | None) -> dict:
+def detection_figures(generated: np.ndarray, p: np.ndarray) -> dict:
+    balanced = ((p[generated] >= 0.5).mean() + (p[~generated] < 0.5).mean()) / 2
+    return {"roc_auc": float(roc_auc_score(generated, p)), "balanced_accuracy": float(balanced)}
+
+
+def figures(images: list[dict], max_tiles: int | None, per_class: bool = False) -> dict:
     per_seed = {}
     for seed in sorted({image["seed"] for image in images}):
         chosen = [image for image in images if image["seed"] == seed]
         generated = np.array([image["generated"] for image in chosen])
-        p = np.array([p_generated(image, max_tiles) for image in chosen])
-        balanced = ((p[generated] >= 0.5).mean() + (p[~generated] < 0.5).mean()) / 2
-        per_seed[seed] = {"roc_auc": float(roc_auc_score(generated, p)), "balanced_accuracy": float(balanced)}
+        p = np.array([p_generated(image, max_tiles, per_class) for image in chosen])
+        per_seed[seed] = detection_figures(generated, p)
     return {
         "tiles_per_image": sorted({len(tile_grid(*i["shape"], i["size"], max_tiles)) for i in images}),
         **{key: mean_sd([s[key] for s in per_seed.values()]) for key in ("roc_auc", "balanced_accuracy")},
         "per_seed": per_seed,
     }
+
+
+def seed_ensemble(images: list[dict]) -> dict:
+    """Every tile, each image's pooled detection logit averaged over the seeds' models."""
+    logits, generated = defaultdict(list), {}
+    for image in images:
+        logits[image["path"]].append(logit(np.clip(p_generated(image, None), 1e-12, 1 - 1e-12)))
+        generated[image["path"]] = image["generated"]
+    seeds = len({image["seed"] for image in images})
+    paths = [path for path, values in logits.items() if len(values) == seeds]
+    p = expit(np.array([np.mean(logits[path]) for path in paths]))
+    return {"seeds": seeds, "n": len(paths), **detection_figures(np.array([generated[x] for x in paths]), p)}
 
 
 def main() -> None:
@@ -86,7 +113,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = judged_tiles(args.folder)
-    report = {"folder": str(args.folder), "images": len(images), "every_tile": figures(images, None)}
+    report = {
+        "folder": str(args.folder),
+        "images": len(images),
+        "every_tile": figures(images, None),
+        "every_tile_pooled_per_class": figures(images, None, per_class=True),
+        "seed_ensemble": seed_ensemble(images),
+    }
     for budget in (int(b) for b in args.budgets.split(",")):
         report[f"max_tiles_{budget}"] = figures(images, budget)
     print(json.dumps(report, indent=1))

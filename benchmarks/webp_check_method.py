@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     from animeprov.evaluation.calibration import verdicts
     from animeprov.io import load_image, make_views, read_file
-    from animeprov.predict import Predictor, aggregate_log_probs
+    from animeprov.predict import Predictor
 
     files = sorted(f for name in SETS for f in (SHARED / name).rglob("*.png"))
     if not files:
@@ -67,7 +67,7 @@ def main() -> None:
 
     def judge(pixels: np.ndarray) -> tuple[str, float]:
         log_probs = predictor.log_probs(np.stack(make_views(pixels, predictor.size, "tiles")))
-        judged = verdicts(aggregate_log_probs(log_probs)[None], predictor.calibration)[0]
+        judged = verdicts(predictor.pool(log_probs), predictor.calibration)[0]
         return judged["verdict"], judged["p_generated"]
 
     rows = []

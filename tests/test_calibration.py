@@ -222,14 +222,18 @@ def test_detection_temperature_is_fitted_on_generated_against_human() -> None:
     assert m["detection_nll_after"] < m["detection_nll_before"]
 
 
-def test_format_1_calibration_asks_for_a_new_fit(tmp_path) -> None:
+@pytest.mark.parametrize("old_format", [1, 2])
+def test_older_calibration_formats_ask_for_a_new_fit(tmp_path, old_format) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"classes": list(CLASSES)}))
     data = hand_calibration().to_dict()
-    del data["detection_temperature"]
-    (run / "calibration.json").write_text(json.dumps({**data, "format": 1}))
-    with pytest.raises(StaleCalibrationError, match=r"calibration\.json: calibration format 1.*calibrate"):
+    if old_format == 1:
+        del data["detection_temperature"]
+    (run / "calibration.json").write_text(json.dumps({**data, "format": old_format}))
+    with pytest.raises(
+        StaleCalibrationError, match=rf"calibration\.json: calibration format {old_format}.*calibrate"
+    ):
         load_calibration(run)
 
 

@@ -9,7 +9,7 @@ import scipy.fft
 import torch
 
 from animeprov.data.dataset import ImageDataset, is_flat, source_balanced_weights
-from animeprov.engine import ClassAndDetectionLoss, Predictions
+from animeprov.engine import ClassAndDetectionLoss, Predictions, pool_views
 from animeprov.transforms.stem import RESIDUAL_SCALE, create_stem, highpass_residual, npr_residual
 
 
@@ -108,13 +108,32 @@ def test_detection_loss_by_hand():
         ClassAndDetectionLoss(None, binary_weight=1.0)
 
 
-def test_pooling_views_by_row_is_the_softmax_of_mean_log_probabilities():
-    probs = np.array([[0.8, 0.2], [0.4, 0.6], [0.3, 0.7]], np.float32)
-    pooled = Predictions(probs, np.array([0, 0, 1]), np.array([5, 5, 2]), [], 0.0).pool_by_row()
-    assert pooled.indices.tolist() == [5, 2] and pooled.labels.tolist() == [0, 1]
-    mean = np.log(probs[:2]).mean(axis=0)
-    np.testing.assert_allclose(pooled.probs[0], np.exp(mean) / np.exp(mean).sum(), rtol=1e-6)
-    np.testing.assert_allclose(pooled.probs[1], probs[2], rtol=1e-6)
+def test_pooling_views_by_row_pools_detection_logits_and_generator_shares_apart():
+    # classes: human, gen-a, gen-b; image 5 has two views that agree on "generated", not on the generator
+    probs = np.array([[0.3, 0.69, 0.01], [0.3, 0.01, 0.69], [0.3, 0.3, 0.4]], np.float32)
+    pooled = Predictions(probs, np.array([1, 1, 2]), np.array([5, 5, 2]), [], 0.0).pool_by_row(human=0)
+    assert pooled.indices.tolist() == [5, 2] and pooled.labels.tolist() == [1, 2]
+    # each view says P(generated) 0.7: so does the image; the generators split it evenly (by symmetry)
+    np.testing.assert_allclose(pooled.probs[0], [0.3, 0.35, 0.35], rtol=1e-6)
+    # pooling every class at once would have put this image on the human side: exp(mean log p) renormalised
+    geometric = np.exp(np.log(probs[:2]).mean(axis=0))
+    assert (geometric / geometric.sum())[0] > 0.5
+    np.testing.assert_allclose(pooled.probs[1], probs[2], rtol=1e-6)  # one view: its own probabilities
+    # without a human class: the softmax of the mean log-probabilities
+    plain = Predictions(probs, np.array([1, 1, 2]), np.array([5, 5, 2]), [], 0.0).pool_by_row(human=None)
+    np.testing.assert_allclose(plain.probs[0], geometric / geometric.sum(), rtol=1e-6)
+
+
+def test_pooled_p_generated_is_the_sigmoid_of_the_mean_detection_logit():
+    rng = np.random.default_rng(0)
+    log_probs = np.log(rng.dirichlet(np.ones(4), size=5))  # 5 views, human is class 2
+    pooled = pool_views(log_probs, np.zeros(5, dtype=int), human=2)[0]
+    p = np.exp(log_probs)
+    logit = np.log(1 - p[:, 2]) - np.log(p[:, 2])
+    assert 1 - pooled[2] == pytest.approx(1 / (1 + np.exp(-logit.mean())), rel=1e-9)
+    shares = np.exp(log_probs[:, [0, 1, 3]].mean(axis=0))
+    np.testing.assert_allclose(pooled[[0, 1, 3]] / (1 - pooled[2]), shares / shares.sum(), rtol=1e-9)
+    assert pooled.sum() == pytest.approx(1.0)
 
 
 def test_taef2_loads_strictly_reconstructs_closely_and_caches(tmp_path):

@@ -19,7 +19,6 @@ from animeprov.models import create_model
 from animeprov.predict import (
     ImagePrediction,
     Predictor,
-    aggregate_log_probs,
     choose_view,
 )
 
@@ -94,13 +93,17 @@ def test_choose_view_tiles_only_images_larger_than_the_model():
         choose_view(64, 64, 32, "stretch")
 
 
-def test_aggregate_is_the_softmax_of_the_mean_logits():
-    rng = np.random.default_rng(1)
-    logits = rng.normal(size=(5, 4)) * 3
-    aggregated = aggregate_log_probs(log_softmax(logits, axis=1))
-    np.testing.assert_allclose(aggregated, softmax(logits.mean(axis=0)), rtol=1e-12)
-    single = log_softmax(logits[:1], axis=1)
-    np.testing.assert_allclose(aggregate_log_probs(single), np.exp(single[0]), rtol=1e-12)
+def pooled_by_hand(log_probs: np.ndarray, human: int) -> np.ndarray:
+    """P(generated) = sigmoid(mean over views of log P(generated) - log P(human)); the generators share it
+    as the softmax of their mean log-probabilities."""
+    p = np.exp(log_probs)
+    detection = np.log(1 - p[:, human]) - np.log(p[:, human])
+    p_generated = 1 / (1 + np.exp(-detection.mean()))
+    generators = [k for k in range(p.shape[1]) if k != human]
+    shares = softmax(log_probs[:, generators].mean(axis=0))
+    out = np.empty(p.shape[1])
+    out[human], out[generators] = 1 - p_generated, p_generated * shares
+    return out
 
 
 def test_tiles_aggregate_by_hand_and_crop_uses_only_the_centre(run, tmp_path):
@@ -111,7 +114,7 @@ def test_tiles_aggregate_by_hand_and_crop_uses_only_the_centre(run, tmp_path):
     tiled = predictor.predict(path)
     assert (tiled.view, tiled.n_views) == ("tiles", 4)  # a 2x-size image gets 4 tiles
     tiles = [pixels[t : t + SIZE, s : s + SIZE] for t in (0, SIZE) for s in (0, SIZE)]
-    by_hand = softmax(model_log_probs(run, tiles).mean(axis=0))
+    by_hand = pooled_by_hand(model_log_probs(run, tiles), CLASSES.index("human"))
     np.testing.assert_allclose([tiled.probabilities[c] for c in CLASSES], by_hand, atol=1e-6)
     assert tiled.p_generated == pytest.approx(1 - by_hand[CLASSES.index("human")], abs=1e-6)
 
@@ -240,7 +243,8 @@ def test_a_tile_budget_judges_the_spread_sub_grid_everywhere(tmp_path):
     # the image's 4 x 4 tiles -> its four corner tiles (each check's copy is cut the same way)
     assert one.view == "tiles" and one.n_views == 4 and set(one.checks) >= {"jpeg:90", "shift:4"}
     corners = [pixels[t : t + SIZE, s : s + SIZE] for t in (0, 3 * SIZE) for s in (0, 3 * SIZE)]
-    by_hand = 1 - softmax(model_log_probs(calibrated_run, corners).mean(axis=0))[CLASSES.index("human")]
+    human = CLASSES.index("human")
+    by_hand = 1 - pooled_by_hand(model_log_probs(calibrated_run, corners), human)[human]
     assert one.p_generated == pytest.approx(by_hand, abs=1e-6)
     judged_whole = every.predict(path)
     assert judged_whole.n_views == 16 and judged_whole.p_generated != pytest.approx(by_hand, abs=1e-4)

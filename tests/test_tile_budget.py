@@ -21,6 +21,7 @@ def image(generated: bool, corner_log_odds: float, seed: int = 0) -> dict:
         log_probs.append([-np.logaddexp(0, odds), -np.logaddexp(0, -odds)])  # log P(human), log P(gen)
     return {
         "seed": seed,
+        "path": f"{generated}-{corner_log_odds}",
         "generated": generated,
         "human": 0,
         "shape": (128, 128),
@@ -44,3 +45,33 @@ def test_figures_pool_per_seed_and_count_the_tiles_kept():
     # over every tile both images lean human: half right; over the corners both are right
     assert every["balanced_accuracy"]["mean"] == 0.5 and budget["balanced_accuracy"]["mean"] == 1.0
     assert budget["roc_auc"] == {"mean": 1.0, "sd": 0.0, "n_seeds": 2}
+
+
+def test_pooling_per_class_lets_generators_that_disagree_lose_to_human():
+    # three classes (human first); two tiles both 70% generated, one says gen-a, the other gen-b
+    one = {
+        "seed": 0,
+        "path": "x",
+        "generated": True,
+        "human": 0,
+        "shape": (32, 64),
+        "size": 32,
+        "corners": tile_grid(32, 64, 32),
+        "log_probs": np.log([[0.3, 0.69, 0.01], [0.3, 0.01, 0.69]]),
+    }
+    assert tile_budget.p_generated(one, None) == pytest.approx(0.7)
+    geometric = np.sqrt([0.09, 0.69 * 0.01, 0.01 * 0.69])
+    assert tile_budget.p_generated(one, None, per_class=True) == pytest.approx(
+        1 - geometric[0] / geometric.sum()
+    )
+    assert tile_budget.p_generated(one, None, per_class=True) < 0.5
+
+
+def test_seed_ensemble_averages_the_seeds_pooled_logits():
+    images = [image(True, 3.0, 0), image(True, 10.0, 1), image(False, -3.0, 0), image(False, -3.0, 1)]
+    for one in images:
+        one["path"] = str(one["generated"])  # the same image under both seeds
+    ensemble = tile_budget.seed_ensemble(images)
+    # the generated image: seeds' pooled log-odds (4*3 - 24)/16 = -0.75 (human side alone) and
+    # (4*10 - 24)/16 = 1: mean 0.125, judged generated; the human one: (4*-3 - 24)/16 < 0
+    assert ensemble == {"seeds": 2, "n": 2, "roc_auc": 1.0, "balanced_accuracy": 1.0}

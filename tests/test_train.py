@@ -238,7 +238,9 @@ def test_val_detection_auc_is_the_roc_auc_of_p_generated():
     assert train_module._all_ranks_detection_auc(val, None) is None
 
 
-def test_average_from_saves_the_mean_of_the_later_epochs_weights_and_resumes(tiny_split, tmp_path, monkeypatch):
+def test_average_from_saves_the_mean_of_the_later_epochs_weights_and_resumes(
+    tiny_split, tmp_path, monkeypatch
+):
     snapshots = []
     real_save = train_module._save_epoch
 

@@ -96,8 +96,9 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def save_average(model: torch.nn.Module, path: Path, count: int) -> None:
-    """Fold the model's weights into the running mean stored at `path`, which holds the mean of `count - 1`
-    earlier snapshots (count 1 starts it). Integer buffers (BatchNorm's batch counter) keep the latest value."""
+    """Fold the model's weights into the running mean stored at `path`, which holds the mean of
+    `count - 1` earlier snapshots (count 1 starts it). Integer buffers (BatchNorm's batch counter) keep
+    the latest value."""
     current = model.state_dict()
     if count > 1:
         previous, _ = _read_tensors(path)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit, logit
 
 from animeprov.checkpoint import atomic_write_text
 from animeprov.config import DEFAULT_HUMAN_CLASS
@@ -423,8 +424,9 @@ def risk_coverage(rows: list[dict], human_class: str, points: int = 21) -> list[
 
 
 def ensemble_metrics(predictions: dict[int, list[dict]], human_class: str) -> dict[str, Any]:
-    """Detection by the seeds' models together (a small ensemble per fold): each image's P(generated)
-    averaged over the seeds. Threshold-free and 0.5 figures only: the verdicts were calibrated per model."""
+    """Detection by the seeds' models together (a small ensemble per fold): each image's P(generated) pooled
+    over the seeds as tiles are pooled (`engine.pool_views`), the sigmoid of the mean logit. Threshold-free
+    and 0.5 figures only: the verdicts were calibrated per model."""
     from sklearn.metrics import roc_auc_score
 
     by_path: dict[str, list[dict]] = defaultdict(list)
@@ -436,7 +438,8 @@ def ensemble_metrics(predictions: dict[int, list[dict]], human_class: str) -> di
     if not rows:
         return {"n": 0}
     generated = np.array([items[0]["class"] != human_class for items in rows])
-    p = np.array([np.mean([row["p_generated"] for row in items]) for items in rows])
+    p_seeds = np.clip([[row["p_generated"] for row in items] for items in rows], 1e-12, 1 - 1e-12)
+    p = expit(logit(p_seeds).mean(axis=1))
     if generated.all() or (~generated).all():
         return {"n": len(rows)}
     tpr, tnr = float((p[generated] >= 0.5).mean()), float((p[~generated] < 0.5).mean())

@@ -36,6 +36,7 @@ from torch import nn
 
 from animeprov import checkpoint as ckpt
 from animeprov.config import DEFAULT_HUMAN_CLASS
+from animeprov.engine import pool_views
 from animeprov.evaluation.familiarity import FAMILIARITY_FILE, fit_familiarity, save_familiarity
 from animeprov.io import ImageError, LoadRules, load_image, make_views, sha256_file
 
@@ -197,13 +198,10 @@ def _per_image(features: torch.Tensor, owners: np.ndarray) -> np.ndarray:
     return (sums / torch.bincount(index)[:, None]).numpy()
 
 
-def _image_probs(probs_per_view: torch.Tensor, owners: np.ndarray, n_images: int) -> np.ndarray:
-    """Per image: softmax of the mean log-probability over its views (as `predict` combines tiles)."""
-    log_p = torch.log(probs_per_view.double().clamp_min(1e-12))
-    out = np.zeros((n_images, probs_per_view.shape[1]))
-    for image in range(n_images):
-        out[image] = torch.softmax(log_p[torch.from_numpy(owners == image)].mean(0), 0).numpy()
-    return out
+def _image_probs(probs_per_view: torch.Tensor, owners: np.ndarray, human: int | None) -> np.ndarray:
+    """Per image (owners number them 0..n-1): its views pooled as `predict` pools tiles (`pool_views`)."""
+    log_p = np.log(np.clip(probs_per_view.double().numpy(), 1e-12, None))
+    return pool_views(log_p, np.asarray(owners, dtype=np.intp), human)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,6 +358,7 @@ def enroll(
     model, config = ckpt.load_model(run, device="cpu")
     classes = list(config["classes"])
     human_class = config.get("human_class", DEFAULT_HUMAN_CLASS)
+    human = classes.index(human_class) if human_class in classes else None  # the new class goes last
     size = int(config["size"])
     check_class_name(name, classes)
     layer = last_linear(model)
@@ -412,13 +411,13 @@ def enroll(
         held_probs = _predict_probs(w, b, new_features[torch.from_numpy(held)])
         held_images = np.flatnonzero(fold_of == fold)
         remap = np.searchsorted(held_images, new_owners[held])
-        oof[held_images] = _image_probs(held_probs, remap, len(held_images))
+        oof[held_images] = _image_probs(held_probs, remap, human)
     val_features = head_features(model, val_views)
     n_val = int(val_owners.max()) + 1 if len(val_owners) else 0
-    val_probs = _image_probs(_predict_probs(new_weight, new_bias, val_features), val_owners, n_val)
+    val_probs = _image_probs(_predict_probs(new_weight, new_bias, val_features), val_owners, human)
     val_labels = np.zeros(n_val, dtype=np.int64)
     val_labels[val_owners] = val_labels_v
-    fit_probs = _image_probs(_predict_probs(new_weight, new_bias, new_features), new_owners, n_new)
+    fit_probs = _image_probs(_predict_probs(new_weight, new_bias, new_features), new_owners, human)
 
     all_classes = [*classes, name]
     calibration_probs = np.concatenate([val_probs, oof])

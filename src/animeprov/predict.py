@@ -3,9 +3,9 @@
 One image goes through: load (`animeprov.io`, the one place for bad-input rules) -> metadata evidence (kept
 apart, never folded into the verdict) -> views (one centre crop, or every tile of the centred grid for
 images larger than the model input, or at most `max_tiles` of them spread over it; never a silent
-resize) -> model -> the views' log-probabilities are averaged (a geometric mean of the tiles'
-probabilities, renormalised; equal to the softmax of the mean logits) -> temperature and verdict from the
-run's calibration.json.
+resize) -> model -> the views are pooled (`engine.pool_views`: P(generated) from the mean of the views'
+detection logits, the generators' shares from their mean log-probabilities) -> temperature and verdict
+from the run's calibration.json.
 
 `predict_many` streams: items are taken lazily, decoded (optionally in DataLoader worker processes, which
 overlaps decoding with the model), their views batched across images, and each result is yielded, in input
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 
 import animeprov
 from animeprov.config import DEFAULT_HUMAN_CLASS
-from animeprov.engine import PRECISIONS, autocast, prepare_model, select_device
+from animeprov.engine import PRECISIONS, autocast, pool_views, prepare_model, select_device
 from animeprov.evaluation.calibration import (
     Calibration,
     StaleCalibrationError,
@@ -110,15 +110,6 @@ def view_corners(
     if view == "tiles":
         return tile_grid(height, width, size, max_tiles)
     return None
-
-
-def aggregate_log_probs(log_probs: np.ndarray) -> np.ndarray:
-    """Class probabilities of one image from its views' log-probabilities (K, C): softmax of the mean.
-
-    log p_k = logits_k - logsumexp(logits_k), and softmax ignores per-row constants, so this equals the
-    softmax of the mean logits: one view gives back its own probabilities.
-    """
-    return softmax(np.asarray(log_probs, dtype=np.float64).mean(axis=0))
 
 
 def _pil_to_bytes(image: Image.Image) -> bytes:
@@ -524,12 +515,17 @@ class Predictor:
         features = None if self.familiarity is None else np.concatenate([f for _, f in parts])
         return np.concatenate([p for p, _ in parts]), features
 
+    def pool(self, log_probs: np.ndarray) -> np.ndarray:
+        """(1, C) probabilities of one image from its views' log-probabilities (`engine.pool_views`)."""
+        human = self.classes.index(self.human_class) if self.human_class in self.classes else None
+        return pool_views(log_probs, np.zeros(len(log_probs), dtype=np.intp), human)
+
     def _needs_stability(self, log_probs: np.ndarray, features: np.ndarray | None) -> bool:
         """Whether the stability checks can still change the verdict given the image's own views: only a
         verdict that would be committed (artist or ai, familiar image) can become "unsure"."""
         if not self.checks or self.calibration is None:
             return False
-        judged = verdicts(aggregate_log_probs(log_probs)[None, :], self.calibration)[0]
+        judged = verdicts(self.pool(log_probs), self.calibration)[0]
         familiarity = self._familiarity(features, len(log_probs))
         return abstention_reason(judged, familiarity, self.calibration) is None
 
@@ -537,7 +533,7 @@ class Predictor:
         self, prepared: Prepared, log_probs: np.ndarray, features: np.ndarray | None
     ) -> ImagePrediction:
         n_image = prepared.groups[0][1] if prepared.groups else len(log_probs)
-        raw = aggregate_log_probs(log_probs[:n_image])[None, :]
+        raw = self.pool(log_probs[:n_image])
         human = self.classes.index(self.human_class)
         reason, checks = None, {}
         if self.calibration is None:
@@ -572,9 +568,7 @@ class Predictor:
         checks = self._familiarity(features, n_image)
         start = n_image
         for name, count in prepared.groups[1:]:
-            judged = verdicts(
-                aggregate_log_probs(log_probs[start : start + count])[None, :], self.calibration
-            )[0]
+            judged = verdicts(self.pool(log_probs[start : start + count]), self.calibration)[0]
             # rounded: a diagnostic, and batches of other sizes differ in the last float digits
             checks[name] = {"verdict": judged["verdict"], "p_generated": round(judged["p_generated"], 6)}
             start += count

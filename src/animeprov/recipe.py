@@ -58,6 +58,7 @@ PAPER: dict[str, Any] = {
     "pairs": "",
     "select_on": "accuracy",
     "init": "",
+    "average_from": 0,
 }
 # A small from-scratch recipe, several times faster to run than `pretrained`: 64 px patches at random offsets
 # (content matters less in a small patch; judged by pooling every tile), the DCT of the NPR residual

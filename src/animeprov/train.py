@@ -163,7 +163,9 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
         choices = ", ".join(SELECTION_METRICS)
         raise ValueError(f"unknown select_on {config.select_on!r}; choose one of {choices}")
     if not 0 <= config.average_from <= config.epochs:
-        raise ValueError(f"average_from must be 0 (off) or an epoch in 1..{config.epochs}, got {config.average_from}")
+        raise ValueError(
+            f"average_from must be 0 (off) or an epoch in 1..{config.epochs}, got {config.average_from}"
+        )
     torch.manual_seed(config.seed)
     device = distributed.rank_device(select_device(config.device))
     train_rows = read_split_rows(config.data, "train")
@@ -315,7 +317,7 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
                 ),
                 device,
                 precision=config.precision,
-            ).pool_by_row()
+            ).pool_by_row(human_index)
             val_loss, val_accuracy, val_errors = _all_ranks_val_metrics(val)
             val_auc = _all_ranks_detection_auc(val, human_index)
             scheduler.step()

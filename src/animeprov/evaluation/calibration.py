@@ -75,7 +75,13 @@ from animeprov.io import sha256_file
 
 CALIBRATION_FILE = "calibration.json"
 # 2: P(generated) has its own temperature (`detection_temperature`); format 1 files predate it.
-CALIBRATION_FORMAT = 2
+# 3: an image's tiles are pooled on the detection logit (`engine.pool_views`); format 2 thresholds were
+#    fitted on the softmax of the tiles' mean log-probabilities.
+CALIBRATION_FORMAT = 3
+STALE_FORMATS = {
+    1: "calibration format 1 predates the detection temperature",
+    2: "calibration format 2 was fitted on tiles pooled another way (before the detection-logit pooling)",
+}
 
 # Floor before taking log p as logits: float32 softmax underflows to exact zeros.
 PROB_FLOOR = 1e-12
@@ -165,10 +171,8 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        if data.get("format") == 1:
-            raise StaleCalibrationError(
-                "calibration format 1 predates the detection temperature; run `animeprov calibrate` again"
-            )
+        if data.get("format") in STALE_FORMATS:
+            raise StaleCalibrationError(f"{STALE_FORMATS[data['format']]}; run `animeprov calibrate` again")
         if data.get("format") != CALIBRATION_FORMAT:
             raise ValueError(f"unsupported calibration format {data.get('format')!r}")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})

@@ -40,7 +40,11 @@ def predict_split(
             make_loader(dataset, batch_size, workers=workers, device=torch_device),
             torch_device,
             on_batch=lambda n, _info: bar.update(task, advance=n),
-        ).pool_by_row()
+        )
+    human_class = config.get("human_class", DEFAULT_HUMAN_CLASS)
+    predictions = predictions.pool_by_row(
+        config["classes"].index(human_class) if human_class in config["classes"] else None
+    )
     return predictions, config
 
 
