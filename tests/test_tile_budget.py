@@ -74,4 +74,18 @@ def test_seed_ensemble_averages_the_seeds_pooled_logits():
     ensemble = tile_budget.seed_ensemble(images)
     # the generated image: seeds' pooled log-odds (4*3 - 24)/16 = -0.75 (human side alone) and
     # (4*10 - 24)/16 = 1: mean 0.125, judged generated; the human one: (4*-3 - 24)/16 < 0
-    assert ensemble == {"seeds": 2, "n": 2, "roc_auc": 1.0, "balanced_accuracy": 1.0}
+    assert ensemble == {
+        "seeds": 2,
+        "n": 2,
+        "roc_auc": 1.0,
+        "balanced_accuracy": 1.0,
+        "best_threshold_balanced_accuracy": 1.0,
+    }
+
+
+def test_the_best_threshold_is_a_ceiling_on_balanced_accuracy():
+    generated = np.array([True, True, True, False, False, False])
+    p = np.array([0.45, 0.4, 0.9, 0.3, 0.2, 0.1])  # ranked perfectly, two AI images below 0.5
+    figures = tile_budget.detection_figures(generated, p)
+    assert figures["balanced_accuracy"] == pytest.approx((1 / 3 + 1) / 2)
+    assert figures["best_threshold_balanced_accuracy"] == 1.0 and figures["roc_auc"] == 1.0

@@ -233,9 +233,9 @@ def pool_views(log_probs: np.ndarray, groups: np.ndarray, human: int | None) -> 
     generator a view points at. The generator classes share P(generated) as the softmax of their mean
     log-probabilities. (Pooling every class at once, as a softmax of the mean log-probabilities, is a
     geometric mean per class: when views disagree on the generator, each generator's mean drops and the
-    human class wins. Under leave-one-source-out that put a quarter more unseen AI images on the human side
-    of 0.5; docs/results/generalisation.md.) One view gives back its own probabilities. Without a human
-    class: the softmax of the mean log-probabilities.
+    human class wins: under leave-one-source-out it left more unseen AI images on the human side of 0.5,
+    docs/results/generalisation.md.) One view gives back its own probabilities. Without a human class: the
+    softmax of the mean log-probabilities.
     """
     log_probs = np.asarray(log_probs, dtype=np.float64)
     counts = np.bincount(groups)
