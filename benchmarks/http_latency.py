@@ -54,9 +54,14 @@ from animeprov.models import create_model
 from animeprov.transforms.stem import fit_stem_statistics
 
 CLASSES = [DEFAULT_HUMAN_CLASS, "gen-a", "gen-b", "gen-c", "gen-d"]  # five, as in the paper
-MODELS = ("reference", "baseline", "reference_tiles16")
-# `serve` options of a model beyond its run: reference_tiles16 judges 16 of a 512 px upload's 64 tiles
-SERVE_OPTIONS = {"reference_tiles16": ["--max-tiles", "16"]}
+MODELS = ("reference", "baseline", "reference_tiles16", "reference_onnx", "reference_tiles16_onnx")
+# `serve` options of a model beyond its run: reference_tiles16 judges 16 of a 512 px upload's 64 tiles;
+# *_onnx runs the model in onnxruntime (`--backend onnx`)
+SERVE_OPTIONS = {
+    "reference_tiles16": ["--max-tiles", "16"],
+    "reference_onnx": ["--backend", "onnx"],
+    "reference_tiles16_onnx": ["--max-tiles", "16", "--backend", "onnx"],
+}
 
 
 def write_throwaway_run(folder: Path, variant: str, size: int, seed: int = 0) -> Path:

@@ -18,8 +18,11 @@ prints JSON.
      weights' values;
    - `default_bf16`, `default_no_stability_bf16`: the first two with `--precision bf16` (bfloat16
      autocast); `default_tiles16`, `default_no_stability_tiles16`: with `--max-tiles 16` (16 of the 64
-     tiles, spread over the image); `default_no_stability_tiles16_bf16`: both. The in-process part also
-     reports how far their predictions are from those of the same pipeline in fp32 over every tile.
+     tiles, spread over the image); `default_no_stability_tiles16_bf16`: both; NAME_onnx: NAME with
+     `--backend onnx` (the model's forward pass in onnxruntime, float32; measured in process at the
+     default number of threads only, as a session keeps the threads it was made with). The in-process
+     part also reports how far their predictions are from those of the same pipeline in PyTorch fp32 over
+     every tile.
 3. In one process on the first `--in-process-files` files: reading, decoding, evidence and views alone
    (`prepare`), then `predict_many` of each pipeline at 1 and at the default number of threads, in
    `--rounds` interleaved rounds (median images/s), with the share of images whose stability checks ran.
@@ -41,6 +44,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -109,6 +113,7 @@ def make_run(folder: Path, size: int, classes: list[str]) -> Path:
 
 # NAME_bf16: NAME with `--precision bf16` (bfloat16 autocast; fast on CPUs with avx512_bf16 or AMX).
 # NAME_tilesK: NAME with `--max-tiles K` (K of the 64 tiles of a 512 px image, spread over it).
+# NAME_onnx: NAME with `--backend onnx` (the forward pass in onnxruntime).
 PIPELINES = (
     "default",
     "default_no_stability",
@@ -118,46 +123,66 @@ PIPELINES = (
     "default_tiles16",
     "default_no_stability_tiles16",
     "default_no_stability_tiles16_bf16",
+    "default_onnx",
+    "default_no_stability_onnx",
+    "default_no_stability_tiles16_onnx",
 )
 BASES = ("default", "default_no_stability", "baseline")
 
 
-def parse_pipeline(name: str) -> tuple[str, str, int | None]:
-    """(base pipeline, precision, max tiles) of a pipeline name such as default_no_stability_tiles16_bf16."""
-    precision, max_tiles = "auto", None
-    base = name
+class Pipeline(NamedTuple):
+    base: str
+    precision: str = "auto"
+    max_tiles: int | None = None
+    backend: str = "torch"
+
+
+def parse_pipeline(name: str) -> Pipeline:
+    """A pipeline name such as default_no_stability_tiles16_bf16 or default_onnx, read: the base pipeline,
+    then an optional tile budget (_tilesN), then _bf16 (precision) or _onnx (onnxruntime backend)."""
+    base, precision, backend = name, "auto", "torch"
     if base.endswith("_bf16"):
         base, precision = base.removesuffix("_bf16"), "bf16"
+    elif base.endswith("_onnx"):
+        base, backend = base.removesuffix("_onnx"), "onnx"
     head, _, tiles = base.rpartition("_tiles")
+    max_tiles = None
     if head and tiles.isdigit():
         base, max_tiles = head, int(tiles)
     if base not in BASES:
         raise ValueError(f"unknown pipeline {name!r}; e.g. {', '.join(PIPELINES)}")
-    return base, precision, max_tiles
+    return Pipeline(base, precision, max_tiles, backend)
 
 
 def pipeline_args(name: str, baseline_run: Path) -> list[str]:
-    """The `predict` arguments (before the paths) that select a pipeline's model, checks, precision and
-    tile budget."""
-    base, precision, max_tiles = parse_pipeline(name)
+    """The `predict` arguments (before the paths) that select a pipeline's model, checks, precision, tile
+    budget and backend."""
+    pipeline = parse_pipeline(name)
     args = {"default": [], "default_no_stability": ["--no-stability"]}.get(
-        base, [str(baseline_run), "--no-stability"]
+        pipeline.base, [str(baseline_run), "--no-stability"]
     )
-    if precision != "auto":
-        args += ["--precision", precision]
-    if max_tiles is not None:
-        args += ["--max-tiles", str(max_tiles)]
+    if pipeline.precision != "auto":
+        args += ["--precision", pipeline.precision]
+    if pipeline.max_tiles is not None:
+        args += ["--max-tiles", str(pipeline.max_tiles)]
+    if pipeline.backend != "torch":
+        args += ["--backend", pipeline.backend]
     return args
 
 
 def make_predictor(name: str, baseline_run: Path):
     from animeprov.predict import STABILITY_CHECKS, Predictor
 
-    base, precision, max_tiles = parse_pipeline(name)
-    run = baseline_run if base == "baseline" else "reference"
-    checks = STABILITY_CHECKS if base == "default" else ()
+    pipeline = parse_pipeline(name)
+    run = baseline_run if pipeline.base == "baseline" else "reference"
+    checks = STABILITY_CHECKS if pipeline.base == "default" else ()
     return Predictor.from_checkpoint(
-        run, device="cpu", checks=checks, precision=precision, max_tiles=max_tiles
+        run,
+        device="cpu",
+        checks=checks,
+        precision=pipeline.precision,
+        max_tiles=pipeline.max_tiles,
+        backend=pipeline.backend,
     )
 
 
@@ -189,6 +214,8 @@ def in_process(baseline_run: Path, files: list[Path], args: argparse.Namespace) 
         torch.set_num_threads(model_threads)
         for _ in range(args.rounds):
             for name, predictor in predictors.items():
+                if predictor.backend == "onnx" and model_threads != threads:
+                    continue  # an onnxruntime session keeps the threads it was made with
                 start = time.perf_counter()
                 predictions = list(predictor.predict_many(files, batch_size=args.batch_size))
                 rate = len(predictions) / (time.perf_counter() - start)
@@ -209,9 +236,9 @@ def in_process(baseline_run: Path, files: list[Path], args: argparse.Namespace) 
     results["share_of_images_checked"] = checked
     # each bf16 or tile-budget pipeline against the same pipeline in fp32 over every tile
     results["against_fp32_every_tile"] = {
-        name: agreement(last[parse_pipeline(name)[0]], last[name])
+        name: agreement(last[parse_pipeline(name).base], last[name])
         for name in last
-        if parse_pipeline(name)[0] != name
+        if parse_pipeline(name).base != name
     }
     results["batch_size"] = {
         name: args.batch_size or default_batch_size(predictor.size) for name, predictor in predictors.items()

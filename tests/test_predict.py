@@ -426,3 +426,40 @@ def test_a_check_that_cannot_be_made_is_skipped_with_a_note(tmp_path):
     for result in (predictor.predict(strip), *predictor.predict_many([strip, strip])):
         assert result.error is None and set(result.checks) == {"jpeg:90", "shift:4"}
         assert any(note.startswith("stability check webp:90 skipped: ValueError") for note in result.notes)
+
+
+def test_the_onnx_backend_gives_the_torch_backends_results(tmp_path):
+    calibrated_run = make_run(
+        tmp_path / "cal", calibration={"temperature": 1.0, "ai_threshold": 0.0, "artist_threshold": 0.0}
+    )
+    big = write_image(tmp_path / "big.png", 2 * SIZE + 5, 3 * SIZE)  # 2 x 3 tiles
+    crop = write_image(tmp_path / "crop.png", SIZE, SIZE)
+    in_torch = Predictor.from_checkpoint(calibrated_run)
+    in_onnx = Predictor.from_checkpoint(calibrated_run, backend="onnx")
+    assert (in_torch.info()["backend"], in_onnx.info()["backend"]) == ("torch", "onnx")
+    for item in (big, crop):
+        expected, got = in_torch.predict(item), in_onnx.predict(item)
+        assert (got.n_views, got.verdict, set(got.checks)) == (
+            expected.n_views,
+            expected.verdict,
+            set(expected.checks),
+        )
+        for name in CLASSES:
+            assert got.probabilities[name] == pytest.approx(expected.probabilities[name], abs=1e-5)
+    streamed = list(in_onnx.predict_many([big, crop], workers=2))
+    assert [r.p_generated for r in streamed] == pytest.approx(
+        [in_onnx.predict(big).p_generated, in_onnx.predict(crop).p_generated], abs=1e-6
+    )
+    # the graph's second output is the model's embedding, which the familiarity check reads
+    views = np.stack(make_views(load_image(big).pixels, SIZE, "tiles"))
+    _, features = in_onnx._session.run(None, {"views": views})
+    with torch.no_grad():
+        embedded = in_torch.model.embed(torch.from_numpy(views).permute(0, 3, 1, 2).float() / 255)
+    np.testing.assert_allclose(features, embedded.numpy(), atol=1e-4)
+
+
+def test_a_backend_is_checked_before_any_image(run):
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        Predictor.from_checkpoint(run, backend="tensorrt")
+    with pytest.raises(ValueError, match="onnx backend runs float32 on the CPU, not bf16"):
+        Predictor.from_checkpoint(run, backend="onnx", precision="bf16")

@@ -139,6 +139,18 @@ def test_max_tiles_caps_the_tiles_judged_per_image(run, images, tmp_path):
     assert invoke("predict", run, images, "--max-tiles", "0").exit_code == 2
 
 
+def test_backend_onnx_judges_as_torch_does(run, images, tmp_path):
+    def judged(*options: str) -> dict:
+        out = tmp_path / f"b{len(list(tmp_path.glob('b*.jsonl')))}.jsonl"
+        assert invoke("predict", run, images, "--out", out, *options).exit_code == 0
+        return {Path(r["source"]).name: r["p_generated"] for r in jsonl_rows(out) if not r["error"]}
+
+    in_torch, in_onnx = judged(), judged("--backend", "onnx")
+    assert in_onnx.keys() == in_torch.keys() and len(in_torch) == 3
+    assert all(in_onnx[name] == pytest.approx(in_torch[name], abs=1e-5) for name in in_torch)
+    assert invoke("predict", run, images, "--backend", "tensorrt").exit_code == 2
+
+
 def test_shards_partition_the_files():
     sources = [f"imgs/{i:05d}.png" for i in range(400)]
     for shards in (1, 2, 3, 7):

@@ -207,8 +207,17 @@ def test_a_tile_budget_is_served_and_lets_heatmaps_of_large_images_through(run):
         assert budget.get("/v1/model").json()["max_tiles"] == 1
         body = upload(budget, png_bytes(size=64), heatmap="true").json()
     assert body["view"] == "tiles" and body["n_views"] == 1 and body["heatmap_png"]
-    with pytest.raises(ValueError, match="max_tiles is the predictor's"):
+    with pytest.raises(ValueError, match="max_tiles and backend are the predictor's"):
         create_app(run, predictor=Predictor.from_checkpoint(run, device="cpu"), max_tiles=1)
+
+
+def test_the_onnx_backend_is_served_with_the_same_answers(run, client):
+    with TestClient(create_app(run, device="cpu", backend="onnx")) as in_onnx:
+        assert in_onnx.get("/v1/model").json()["backend"] == "onnx"
+        got = upload(in_onnx, png_bytes(size=64)).json()
+    expected = upload(client, png_bytes(size=64)).json()
+    assert client.get("/v1/model").json()["backend"] == "torch"
+    assert got["p_generated"] == pytest.approx(expected["p_generated"], abs=1e-5)
 
 
 def test_spectrum_comes_with_the_fingerprint_of_the_top_class(client):

@@ -564,7 +564,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     if ensemble and "roc_auc" in ensemble:
         at = lines.index("## Per held-out source")
         lines[at:at] = [
-            f"Ensemble of the {ensemble['seeds']} seeds' models (each image's P(generated) pooled on the logit): ROC-AUC "
+            f"Ensemble of the {ensemble['seeds']} seeds' models (each image's P(generated) pooled on the "
+            f"logit): ROC-AUC "
             f"{ensemble['roc_auc']:.3f}, balanced detection accuracy at 0.5 "
             f"{ensemble['balanced_accuracy']:.3f}.",
             "",

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ from animeprov.transforms.stem import DCTStem
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probabilities")
+VIEWS_INPUT = "views"  # the prediction backend's graph (`inference_session`)
 # Max |probability difference| between onnxruntime and PyTorch that still counts as the same model.
 PARITY_TOLERANCE = 1e-4
 # The batch sizes the parity check runs: 1 and an odd size that no export example used.
@@ -220,6 +224,63 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     import onnx
 
     return {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's progress, its notes on absent torchvision ops and torch's own deprecation warnings
+    are not the user's business when a prediction backend is built."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class ViewsGraph(nn.Module):
+    """(N, S, S, 3) uint8 views -> (logits, features): `Predictor`'s forward pass as one graph, for its
+    onnxruntime backend (the features feed the familiarity check)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = views.permute(0, 3, 1, 2).float() / 255.0
+        features = self.model.embed(images)
+        return self.model.backbone.head[-1](features), features
+
+
+def inference_session(model: nn.Module, size: int, threads: int):
+    """An onnxruntime session running `model` as `ViewsGraph` (exported in memory, a few seconds; nothing is
+    written to disk). Raises ImportError naming the extra when onnxruntime is missing."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("the onnx backend needs onnxruntime: pip install 'animeprov[export]'") from None
+    dct_matrix(size)  # a real constant in the graph, as in export_onnx
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            ViewsGraph(exportable_copy(model)).eval(),
+            (example,),
+            None,
+            input_names=[VIEWS_INPUT],
+            output_names=["logits", "features"],
+            dynamic_shapes={VIEWS_INPUT: {0: torch.export.Dim("batch", min=1)}},
+            dynamo=True,
+            verbose=False,
+        )
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(
+        program.model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def export_onnx(

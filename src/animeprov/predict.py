@@ -52,6 +52,8 @@ from animeprov.io import (
 from animeprov.models.efficientnet import fold_batchnorm
 
 PREDICT_VIEWS = ("auto", *VIEW_MODES)
+# Where the model's forward pass runs: PyTorch, or onnxruntime (CPU, float32; often faster on CPUs).
+BACKENDS = ("torch", "onnx")
 # Threshold names accepted by `thresholds=`, as Calibration.with_thresholds calls them.
 THRESHOLD_NAMES = ("ai", "artist", "unknown")
 
@@ -370,15 +372,19 @@ class Predictor:
         familiarity: Familiarity | None = None,
         checks: Sequence[str] = STABILITY_CHECKS,
         max_tiles: int | None = None,
+        backend: str = "torch",
     ) -> None:
         """`familiarity` and `checks` (see STABILITY_CHECKS) make a verdict "unsure" for an image unlike the
         training data or whose verdict changes under those mild re-encodings; both need a calibration. The
         checks run only for a verdict that would otherwise be committed (artist or ai), each as one more
         pass of the model over the image (checks=() for speed). `max_tiles` caps the tiles judged per
         image, spread over it (`io.tile_grid`): the model's work on a large image, at some cost in
-        accuracy (docs/predict.md); None judges every tile."""
+        accuracy (docs/predict.md); None judges every tile. `backend` "onnx" runs the model's forward pass in
+        onnxruntime (CPU, float32; exported when the predictor is made), "torch" in PyTorch."""
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if human_class not in classes:
             raise ValueError(f"human class {human_class!r} is not among the model's classes {classes}")
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
@@ -399,6 +405,16 @@ class Predictor:
             parse_check(check)  # fails fast on a typo, before any image
         tile_grid(self.size, self.size, self.size, max_tiles)  # and on a budget below 1
         self.max_tiles = max_tiles
+        self.backend = backend
+        self._session = None
+        if backend == "onnx":
+            if self.device.type != "cpu" or precision not in ("auto", "fp32"):
+                raise ValueError(
+                    f"the onnx backend runs float32 on the CPU, not {precision} on {self.device}"
+                )
+            from animeprov.export import inference_session
+
+            self._session = inference_session(self.model, self.size, torch.get_num_threads())
 
     @classmethod
     def from_checkpoint(
@@ -412,6 +428,7 @@ class Predictor:
         precision: str = "auto",
         checks: Sequence[str] = STABILITY_CHECKS,
         max_tiles: int | None = None,
+        backend: str = "torch",
     ) -> Predictor:
         """Load a run folder, or a bundled model by name ("reference", sha256-checked).
         `thresholds` ({"ai", "artist", "unknown"}: P(generated) / generator-score
@@ -449,6 +466,7 @@ class Predictor:
             familiarity=load_familiarity(run, weights),
             checks=checks,
             max_tiles=max_tiles,
+            backend=backend,
         )
 
     @classmethod
@@ -473,6 +491,7 @@ class Predictor:
             "human_class": self.human_class,
             "animeprov": animeprov.__version__,
             "device": str(self.device),
+            "backend": self.backend,
             "weights_sha256": self.weights_sha256,
             "max_tiles": self.max_tiles,
             "calibrated": calibration is not None and calibration.measured != {},
@@ -498,6 +517,10 @@ class Predictor:
     @torch.no_grad()
     def _forward(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(log-probabilities, features for the familiarity check or None when there is none)."""
+        if self._session is not None:
+            logits, features = self._session.run(None, {"views": np.ascontiguousarray(views)})
+            log_probs = log_softmax(logits.astype(np.float64), axis=1)
+            return log_probs, None if self.familiarity is None else features
         pixels = torch.from_numpy(np.ascontiguousarray(views)).to(self.device, non_blocking=True)
         # (B, H, W, 3) permuted is already a channels_last (B, 3, H, W) tensor: no copy for the layout.
         images = pixels.permute(0, 3, 1, 2).float().div_(255.0)

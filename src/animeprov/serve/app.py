@@ -309,17 +309,18 @@ def create_app(
     device: str = "auto",
     predictor: Predictor | None = None,
     max_tiles: int | None = None,
+    backend: str = "torch",
 ) -> FastAPI:
     """The FastAPI app serving `run`'s model. `predictor` (a loaded `animeprov.predict.Predictor`) skips
     loading the run again; `fingerprints` overrides RUN/fingerprints/; `max_tiles` caps the tiles judged
-    per image (`Predictor`)."""
+    per image and `backend` runs the model in PyTorch or onnxruntime (`Predictor`)."""
     from animeprov.reference import card_text, resolve_run
 
     run = resolve_run(run)  # "reference": the bundled model, sha256-checked
     if predictor is None:
-        predictor = Predictor.from_checkpoint(run, device=device, max_tiles=max_tiles)
-    elif max_tiles is not None:
-        raise ValueError("max_tiles is the predictor's: give it to Predictor.from_checkpoint")
+        predictor = Predictor.from_checkpoint(run, device=device, max_tiles=max_tiles, backend=backend)
+    elif max_tiles is not None or backend != "torch":
+        raise ValueError("max_tiles and backend are the predictor's: give them to Predictor.from_checkpoint")
     card = card_text(run)  # a bundled model's card, served at /model-card (read once, like the page)
     rules = LoadRules(max_pixels=settings.max_pixels, alpha_background=predictor.load_rules.alpha_background)
     prints = read_fingerprints(Path(fingerprints) if fingerprints is not None else None, run)
