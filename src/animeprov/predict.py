@@ -439,7 +439,10 @@ class Predictor:
         from animeprov.reference import resolve_run
 
         run = resolve_run(run)  # "reference" (the bundled model, sha256-checked) or a run folder
-        torch_device = _default_device(device)
+        # onnxruntime runs here on the CPU: "auto" must not pick a GPU for it
+        torch_device = (
+            torch.device("cpu") if backend == "onnx" and device == "auto" else _default_device(device)
+        )
         model, config = load_model(run, weights=weights, device="cpu")
         classes = list(config["classes"])
         human_class = config.get("human_class", DEFAULT_HUMAN_CLASS)
