@@ -7,7 +7,8 @@ sub-grid `--max-tiles K` keeps (`io.tile_grid`) for each K in `--budgets`, and o
 `predict` pools (`engine.pool_views`). For comparison, every tile is also pooled as before calibration
 format 3 (`every_tile_pooled_per_class`: the softmax of the mean log-probabilities), and the seeds' models
 are pooled together (`seed_ensemble`: the mean of each seed's pooled detection logit).
-Pooled over folds, per seed: ROC-AUC and balanced accuracy at 0.5; then mean and sd over seeds.
+Pooled over folds, per seed: ROC-AUC, balanced accuracy at 0.5 and the best balanced accuracy any one
+threshold would give on these images (a ceiling, not a result); then mean and sd over seeds.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tile_budget.py \
         runs/gen/effnet-pixel-ImageNet-init-equal-augmentation-source-sampling-binary-loss \

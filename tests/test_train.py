@@ -22,6 +22,23 @@ def _config(data, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def killed_during_epoch(epoch: int, monkeypatch, config: TrainConfig, out) -> None:
+    """Train `config` into `out` and kill it (KeyboardInterrupt) as epoch `epoch` starts."""
+    real_epoch = train_module.train_one_epoch
+    calls = {"n": 0}
+
+    def killed(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out)
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+
+
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
     torch.manual_seed(0)
     model = create_model("cnn-dct-mask", 3, 32)
@@ -67,19 +84,7 @@ def test_existing_run_is_never_overwritten(tiny_split, tmp_path):
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_split, tmp_path, monkeypatch):
     train(_config(tiny_split), tmp_path / "full")
 
-    real_epoch = train_module.train_one_epoch
-    calls = {"n": 0}
-
-    def killed_during_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", killed_during_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny_split), tmp_path / "killed")
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    killed_during_epoch(2, monkeypatch, _config(tiny_split), tmp_path / "killed")
     summary = train(_config(tiny_split), tmp_path / "killed", resume=True)
 
     assert summary["epochs_done"] == 3
@@ -261,19 +266,7 @@ def test_average_from_saves_the_mean_of_the_later_epochs_weights_and_resumes(
     assert load_calibration(tmp_path / "full") is not None  # calibrated for the averaged weights
 
     # Killed during epoch 3, the resumed run goes on from the mean of epoch 2 kept on disk.
-    real_epoch = train_module.train_one_epoch
-    calls = {"n": 0}
-
-    def killed_during_third_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", killed_during_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny_split, average_from=2), tmp_path / "killed")
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    killed_during_epoch(3, monkeypatch, _config(tiny_split, average_from=2), tmp_path / "killed")
     train(_config(tiny_split, average_from=2), tmp_path / "killed", resume=True)
     resumed = load_file(tmp_path / "killed" / "model.safetensors")
     for key in saved:

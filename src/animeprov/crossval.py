@@ -565,8 +565,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         at = lines.index("## Per held-out source")
         lines[at:at] = [
             f"Ensemble of the {ensemble['seeds']} seeds' models (each image's P(generated) pooled on the "
-            f"logit): ROC-AUC "
-            f"{ensemble['roc_auc']:.3f}, balanced detection accuracy at 0.5 "
+            f"logit): ROC-AUC {ensemble['roc_auc']:.3f}, balanced detection accuracy at 0.5 "
             f"{ensemble['balanced_accuracy']:.3f}.",
             "",
         ]
