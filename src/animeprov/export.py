@@ -241,32 +241,21 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-class ViewsGraph(nn.Module):
-    """(N, S, S, 3) uint8 views -> (logits, features): `Predictor`'s forward pass as one graph, for its
-    onnxruntime backend (the features feed the familiarity check)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = views.permute(0, 3, 1, 2).float() / 255.0
-        features = self.model.embed(images)
-        return self.model.backbone.head[-1](features), features
-
-
 def inference_session(model: nn.Module, size: int, threads: int):
-    """An onnxruntime session running `model` as `ViewsGraph` (exported in memory, a few seconds; nothing is
-    written to disk). Raises ImportError naming the extra when onnxruntime is missing."""
+    """An onnxruntime session running `Predictor`'s forward pass of `model` (`predict.ViewsForward`: uint8
+    views -> logits and features), exported in memory (a few seconds; nothing is written to disk). Raises
+    ImportError naming the extra when onnxruntime is missing."""
     try:
         import onnxruntime
     except ImportError:
         raise ImportError("the onnx backend needs onnxruntime: pip install 'animeprov[export]'") from None
+    from animeprov.predict import ViewsForward
+
     dct_matrix(size)  # a real constant in the graph, as in export_onnx
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
-            ViewsGraph(exportable_copy(model)).eval(),
+            ViewsForward(exportable_copy(model)).eval(),
             (example,),
             None,
             input_names=[VIEWS_INPUT],

@@ -114,6 +114,22 @@ def view_corners(
     return None
 
 
+class ViewsForward(torch.nn.Module):
+    """(N, S, S, 3) uint8 views -> (logits, features): the model's forward pass as `Predictor` runs it, in
+    PyTorch or exported for onnxruntime (`export.inference_session`); the features feed the familiarity
+    check."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (B, H, W, 3) permuted is already a channels_last (B, 3, H, W) tensor: no copy for the layout.
+        images = views.permute(0, 3, 1, 2).float() / 255.0
+        features = self.model.embed(images)
+        return self.model.backbone.head[-1](features), features
+
+
 def _pil_to_bytes(image: Image.Image) -> bytes:
     """A PIL image as lossless bytes that load_image decodes to the same pixels: its rules (orientation,
     alpha, 16-bit) then apply exactly as for a file. PNG keeps text chunks (generation metadata); modes PNG
@@ -412,9 +428,10 @@ class Predictor:
                 raise ValueError(
                     f"the onnx backend runs float32 on the CPU, not {precision} on {self.device}"
                 )
-            from animeprov.export import inference_session
+            from animeprov.export import VIEWS_INPUT, inference_session
 
             self._session = inference_session(self.model, self.size, torch.get_num_threads())
+            self._session_input = VIEWS_INPUT
 
     @classmethod
     def from_checkpoint(
@@ -521,15 +538,12 @@ class Predictor:
     def _forward(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(log-probabilities, features for the familiarity check or None when there is none)."""
         if self._session is not None:
-            logits, features = self._session.run(None, {"views": np.ascontiguousarray(views)})
+            logits, features = self._session.run(None, {self._session_input: np.ascontiguousarray(views)})
             log_probs = log_softmax(logits.astype(np.float64), axis=1)
             return log_probs, None if self.familiarity is None else features
         pixels = torch.from_numpy(np.ascontiguousarray(views)).to(self.device, non_blocking=True)
-        # (B, H, W, 3) permuted is already a channels_last (B, 3, H, W) tensor: no copy for the layout.
-        images = pixels.permute(0, 3, 1, 2).float().div_(255.0)
         with autocast(self.device, self.precision):
-            features = self.model.embed(images)
-            logits = self.model.backbone.head[-1](features)
+            logits, features = ViewsForward(self.model)(pixels)
         log_probs = log_softmax(logits.float().cpu().numpy().astype(np.float64), axis=1)
         return log_probs, None if self.familiarity is None else features.float().cpu().numpy()
 
@@ -543,7 +557,7 @@ class Predictor:
 
     def pool(self, log_probs: np.ndarray) -> np.ndarray:
         """(1, C) probabilities of one image from its views' log-probabilities (`engine.pool_views`)."""
-        human = self.classes.index(self.human_class) if self.human_class in self.classes else None
+        human = self.classes.index(self.human_class)  # __init__ made sure it is there
         return pool_views(log_probs, np.zeros(len(log_probs), dtype=np.intp), human)
 
     def _needs_stability(self, log_probs: np.ndarray, features: np.ndarray | None) -> bool:
