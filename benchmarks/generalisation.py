@@ -71,6 +71,12 @@ PRETRAINED_ROWS: dict[str, tuple[str, dict]] = {
         "paper",
         {**PRETRAINED, "variant": "effnet-pixel", "average_from": 3},
     ),
+    # Decoder-trace pairs on the pretrained network: every human training image also enters as its taef2
+    # reconstruction, a generated twin with the same content (the ladder's last step, on the new base).
+    "effnet-pixel, ImageNet init, equal augmentation, source sampling, binary loss, taef2 decoder pairs": (
+        "paper",
+        {**PRETRAINED, "variant": "effnet-pixel", "pairs": "taef2"},
+    ),
 }
 
 
