@@ -152,6 +152,51 @@ def test_cli_train_with_imagenet_init_records_it_and_resume_checks_it(tiny_split
     assert summary["epochs_done"] == 2 and ckpt.read_config(run)["init"] == "imagenet"
 
 
+def test_initialise_names_exactly_the_tensors_it_filled():
+    model = create_model("effnet-pixel", 3, 32)
+    filled = initialise(model, "imagenet")
+    backbone = {f"backbone.{key}" for key in model.backbone.state_dict()}
+    assert filled == {name for name in backbone if not name.startswith("backbone.head.")}
+    assert "backbone.features.0.conv.weight" in filled and "backbone.head.3.weight" not in filled
+    assert initialise(create_model("effnet-pixel", 3, 32), "") == set()
+
+
+def test_pretrained_lr_scale_slows_or_freezes_only_the_pretrained_weights(tiny_split, tmp_path, checkpoint):
+    from animeprov import checkpoint as ckpt
+    from animeprov.train import TrainConfig, _make_optimizer, train
+
+    def config(scale: float, **more) -> TrainConfig:
+        values = dict(data=str(tiny_split), variant="effnet-pixel", size=32, epochs=1, batch_size=8, lr=1e-2)
+        return TrainConfig(**{**values, "init": "imagenet", "pretrained_lr_scale": scale, **more})
+
+    model = create_model("effnet-pixel", 3, 32)
+    pretrained = initialise(model, "imagenet")
+    slow = _make_optimizer(config(0.1), model, pretrained)
+    assert [group["lr"] for group in slow.param_groups] == [1e-2, pytest.approx(1e-3)]
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert {names[id(p)] for p in slow.param_groups[1]["params"]} == pretrained & set(names.values())
+    assert "backbone.head.3.weight" in {names[id(p)] for p in slow.param_groups[0]["params"]}
+    # Scale 1: one group, as runs began before the scale existed (so they still resume).
+    assert len(_make_optimizer(config(1.0), model, pretrained).param_groups) == 1
+
+    # Scale 0 is a linear probe: every pretrained weight stays as loaded (BatchNorm statistics still follow
+    # the data) while the new classifier learns.
+    train(config(0.0, calibrate=False), tmp_path / "frozen")
+    assert ckpt.read_config(tmp_path / "frozen")["pretrained_lr_scale"] == 0.0
+    frozen = load_file(tmp_path / "frozen" / ckpt.BEST_WEIGHTS)
+    for key, tensor in checkpoint.items():
+        if not key.startswith("_fc.") and not key.endswith(_BUFFERS):
+            assert torch.equal(frozen[f"backbone.{checkpoint_key(key)}"], tensor), key
+    torch.manual_seed(0)  # training's seed: the classifier's starting values
+    assert not torch.equal(
+        frozen["backbone.head.3.weight"], create_model("effnet-pixel", 3, 32).backbone.head[3].weight
+    )
+    with pytest.raises(ValueError, match="pretrained_lr_scale must lie in 0..1 and needs init"):
+        train(TrainConfig(data=str(tiny_split), size=32, pretrained_lr_scale=0.5), tmp_path / "no-init")
+    with pytest.raises(ValueError, match="pretrained_lr_scale must lie in 0..1"):
+        train(config(1.5), tmp_path / "too-fast")
+
+
 def test_cli_train_reports_a_missing_wheel_in_one_line(tiny_split, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -35,6 +35,7 @@ RECIPE_FIELDS = (
     "select_on",
     "init",
     "average_from",
+    "pretrained_lr_scale",
 )
 
 # The paper's set-up: one centre crop of the whole model input, DCT + CBAM, plain cross-entropy.
@@ -59,6 +60,7 @@ PAPER: dict[str, Any] = {
     "select_on": "accuracy",
     "init": "",
     "average_from": 0,
+    "pretrained_lr_scale": 1.0,
 }
 # A small from-scratch recipe, several times faster to run than `pretrained`: 64 px patches at random offsets
 # (content matters less in a small patch; judged by pooling every tile), the DCT of the NPR residual

@@ -80,6 +80,10 @@ class TrainConfig:
     # weight averaging, Izmailov et al. 2018; Cha et al. 2021 find it holds better on unseen domains) instead
     # of the best epoch on select_on. BatchNorm statistics are averaged with the weights.
     average_from: int = 0
+    # The learning rate of the weights that `init` filled, as a share of `lr` (the new layers keep `lr`):
+    # 1 fine-tunes everything alike; below 1 keeps the pretrained features closer to where they started
+    # (discriminative fine-tuning); 0 freezes them, a linear probe on pretrained features.
+    pretrained_lr_scale: float = 1.0
 
 
 # Decoded training images kept in memory across views and epochs (in-process loading only: worker
@@ -99,11 +103,24 @@ def _setup_log(run: Path) -> logging.Handler:
     return handler
 
 
-def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _make_optimizer(config: TrainConfig, model: nn.Module, pretrained: set[str]) -> torch.optim.Optimizer:
+    """The optimizer over every parameter; those named in `pretrained` at lr * pretrained_lr_scale. The
+    first group is always the new layers', so metrics.jsonl's "lr" is the schedule's lr. At scale 1 there is
+    one group, as before the scale existed, so older runs still resume."""
+    named = list(model.named_parameters())
+    split = bool(pretrained) and config.pretrained_lr_scale != 1
+    groups = [{"params": [p for name, p in named if not (split and name in pretrained)], "lr": config.lr}]
+    if split:
+        groups.append(
+            {
+                "params": [p for name, p in named if name in pretrained],
+                "lr": config.lr * config.pretrained_lr_scale,
+            }
+        )
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adam or adamw")
 
 
@@ -166,6 +183,11 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
         raise ValueError(
             f"average_from must be 0 (off) or an epoch in 1..{config.epochs}, got {config.average_from}"
         )
+    if not 0 <= config.pretrained_lr_scale <= 1 or (config.pretrained_lr_scale != 1 and not config.init):
+        raise ValueError(
+            f"pretrained_lr_scale must lie in 0..1 and needs init (pretrained weights), got "
+            f"{config.pretrained_lr_scale} with init={config.init!r}"
+        )
     torch.manual_seed(config.seed)
     device = distributed.rank_device(select_device(config.device))
     train_rows = read_split_rows(config.data, "train")
@@ -209,8 +231,9 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
     )
 
     model = create_model(config.variant, len(classes), config.size)
-    initialise(model, config.init)  # before the optimizer sees it; a resumed run then loads its own state
-    optimizer = _make_optimizer(config, model)
+    # before the optimizer sees it; a resumed run then loads its own state
+    pretrained = initialise(model, config.init)
+    optimizer = _make_optimizer(config, model, pretrained)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
     weights = _class_weights(counts).to(device) if config.weighted_loss else None
     human_index = classes.index(config.human_class) if config.human_class in classes else None

@@ -230,8 +230,9 @@ def imagenet_checkpoint_path() -> Path:
 
 
 @torch.no_grad()
-def load_imagenet_weights(backbone: EfficientNetLite0, path: str | Path | None = None) -> None:
-    """Fill every tensor of `backbone` but its classifier (`head`) from the ImageNet checkpoint.
+def load_imagenet_weights(backbone: EfficientNetLite0, path: str | Path | None = None) -> set[str]:
+    """Fill every tensor of `backbone` but its classifier (`head`) from the ImageNet checkpoint; returns
+    the names (in `backbone.state_dict()`) of the tensors filled.
 
     Strict both ways: every checkpoint tensor except its classifier must map to one of ours with the same
     shape, and every tensor of ours outside `head` must be filled; anything else raises ValueError, so a
@@ -263,3 +264,4 @@ def load_imagenet_weights(backbone: EfficientNetLite0, path: str | Path | None =
         raise ValueError(f"{path}: not an EfficientNet-Lite0 checkpoint as expected: {'; '.join(problems)}")
     # Our own classifier completes the set, so PyTorch's strict load checks the whole of it once more.
     backbone.load_state_dict({**mapped, **{key: ours[key] for key in set(ours) - wanted}}, strict=True)
+    return set(mapped)

@@ -14,8 +14,11 @@ from animeprov.models.efficientnet import load_imagenet_weights
 
 # TrainConfig.init values: "" = random initialisation; "imagenet" = the backbone starts from ImageNet weights.
 INITS = ("", "imagenet")
-# Backbone name -> the function that fills it with ImageNet weights (all but its final classifier).
-IMAGENET_WEIGHTS: dict[str, Callable[[torch.nn.Module], None]] = {"efficientnet-lite0": load_imagenet_weights}
+# Backbone name -> the function that fills it with ImageNet weights (all but its final classifier) and
+# returns the names of the tensors it filled.
+IMAGENET_WEIGHTS: dict[str, Callable[[torch.nn.Module], set[str]]] = {
+    "efficientnet-lite0": load_imagenet_weights
+}
 
 
 def create_model(name: str, num_classes: int, size: int) -> Classifier:
@@ -26,9 +29,10 @@ def create_model(name: str, num_classes: int, size: int) -> Classifier:
     return Classifier(get_variant(name), num_classes, size)
 
 
-def initialise(model: Classifier, init: str) -> None:
+def initialise(model: Classifier, init: str) -> set[str]:
     """Start `model` from the weights `init` names (TrainConfig.init): "" keeps the random initialisation,
     "imagenet" loads ImageNet weights into the backbone (not its final classifier, nor the stem or CBAM).
+    Returns the names (in `model.state_dict()`) of the tensors that now hold pretrained values.
 
     Raises ValueError for an unknown `init` or a backbone without ImageNet weights, and
     efficientnet.WeightsNotInstalledError (a FileNotFoundError naming the package to install) when the
@@ -37,7 +41,7 @@ def initialise(model: Classifier, init: str) -> None:
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(map(repr, INITS))}")
     if not init:
-        return
+        return set()
     backbone = model.spec.backbone
     if backbone not in IMAGENET_WEIGHTS:
         usable = [name for name, spec in VARIANTS.items() if spec.backbone in IMAGENET_WEIGHTS]
@@ -45,7 +49,8 @@ def initialise(model: Classifier, init: str) -> None:
             f"init={init!r}: variant {model.spec.name!r} (backbone {backbone!r}) has no ImageNet weights; "
             f"variants that have: {', '.join(usable)}"
         )
-    IMAGENET_WEIGHTS[backbone](model.backbone)
+    filled = IMAGENET_WEIGHTS[backbone](model.backbone)
+    return {f"backbone.{name}" for name in filled}
 
 
 def count_parameters(model: torch.nn.Module) -> int:
