@@ -15,6 +15,7 @@ from animeprov.models.efficientnet import (
     IMAGENET_PARAMS,
     WHEEL,
     EfficientNetLite0,
+    SameConv2d,
     WeightsNotInstalledError,
     _same_padding,
     checkpoint_key,
@@ -39,6 +40,21 @@ def test_parameter_count_is_the_reference_and_the_checkpoints(checkpoint):
     # 1280-channel head.
     assert not any(isinstance(m, (torch.nn.SiLU, torch.nn.Sigmoid)) for m in model.modules())
     assert len(model.features) == 18 and model.features[-1].conv.out_channels == 1280
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride"), [(8, 3, 2), (7, 3, 2), (8, 5, 1), (16, 5, 2), (4, 1, 1)]
+)
+def test_same_conv_is_a_padded_input_then_a_plain_conv(size, kernel, stride):
+    torch.manual_seed(0)
+    conv = SameConv2d(4, 6, kernel, stride, size)
+    x = torch.randn(2, 4, size, size)
+    before, after = _same_padding(size, kernel, stride)
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (before, after, before, after)), conv.weight, stride=stride
+    )
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-6)
+    assert conv(x).shape[-1] == -(-size // stride)
 
 
 def test_same_padding_is_tensorflows():
