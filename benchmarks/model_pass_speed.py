@@ -1,6 +1,10 @@
 """The reference model's CPU fast paths, each switched on in turn against the previous code, in one process;
 JSON on stdout.
 
+`same_padding`: EfficientNet's symmetric TF "SAME" padding as the convolution's own against a padded copy
+of the input first (as it was); also timed on one training step of the architecture (`train_step_ms`:
+effnet-pixel at 64 px, batch 32, forward, backward and AdamW, as the default recipe trains).
+
 Per 256 tiles of 64 px (from 512 px JPEG mosaics, as predict_throughput.py makes them): `Predictor._forward`
 with the code before the fast paths (`old`: NPR by 2-D upsampling, the plain DCT stem, PyTorch's avg_pool2d),
 then with the NPR by rows, plus the stem's `_cpu_inference`, the pooling alone, and all of them, at
@@ -31,6 +35,8 @@ import animeprov.predict as predict
 import animeprov.transforms.stem as stem
 from animeprov.engine import keep_freed_memory
 from animeprov.io import make_views
+from animeprov.models import create_model
+from animeprov.models.efficientnet import SameConv2d
 
 NEW = {
     "npr": stem.npr_residual,
@@ -47,21 +53,75 @@ def npr_by_upsampling(x: torch.Tensor) -> torch.Tensor:
     return x - upsampled[..., : x.shape[-2], : x.shape[-1]]
 
 
-def switch(npr: bool = True, stem_path: bool = True, pool: bool = True, webp: bool = True) -> None:
+# Models whose SameConv2d layers `switch` sets (they are per-module settings, not functions).
+PADDED_MODELS: list[nn.Module] = []
+
+
+def own_same_padding(own: bool) -> None:
+    """SameConv2d as now (symmetric padding is the conv's own) or as it was (every padding a padded copy)."""
+    for model in PADDED_MODELS:
+        for conv in model.modules():
+            if isinstance(conv, SameConv2d):
+                if not hasattr(conv, "own_padding"):
+                    conv.own_padding = (conv.padding, conv.pad)
+                padding, pad = conv.own_padding
+                if own or not any(padding):
+                    conv.padding, conv.pad = padding, pad
+                else:
+                    conv.padding, conv.pad = (0, 0), (padding[0], padding[0], padding[1], padding[1])
+
+
+def switch(
+    npr: bool = True, stem_path: bool = True, pool: bool = True, webp: bool = True, same_padding: bool = True
+) -> None:
     stem.RESIDUALS["npr"] = NEW["npr"] if npr else npr_by_upsampling
     stem.DCTStem._inference_on_cpu = NEW["stem"] if stem_path else (lambda self, x: False)
     cnn.AvgPool2x2.forward = NEW["pool"] if pool else nn.AvgPool2d.forward
     predict.CHECK_WEBP_METHOD = NEW["webp"] if webp else 4
+    own_same_padding(same_padding)
 
 
-OLD = {"npr": False, "stem_path": False, "pool": False, "webp": False}
+OLD = {"npr": False, "stem_path": False, "pool": False, "webp": False, "same_padding": False}
 SETTINGS = {
     "old": OLD,
     "npr_by_rows": {**OLD, "npr": True},
     "npr_and_stem": {**OLD, "npr": True, "stem_path": True},
     "pool_only": {**OLD, "pool": True},
+    "same_padding_only": {**OLD, "same_padding": True},
     "all": {},
 }
+
+
+def train_steps(reps: int) -> tuple[dict[str, float], float]:
+    """Milliseconds per training step of effnet-pixel at 64 px with and without the conv's own padding, and
+    the largest difference of their logits (same weights, same batch)."""
+    torch.manual_seed(0)
+    model = create_model("effnet-pixel", 6, 64).to(memory_format=torch.channels_last)
+    PADDED_MODELS.append(model)
+    batch = torch.rand(32, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    with torch.no_grad():
+        model.eval()
+        own_same_padding(False)
+        before = model(batch)
+        own_same_padding(True)
+        difference = float((model(batch) - before).abs().max())
+        model.train()
+
+    def step(own: bool):
+        def run() -> None:
+            own_same_padding(own)
+            loss = model(batch).logsumexp(dim=1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        return run
+
+    steps = {"padded_copy": step(False), "own_padding": step(True)}
+    for run in steps.values():
+        run()  # warm-up
+    return {name: 1000 * t for name, t in interleaved(steps, reps).items()}, difference
 
 
 def interleaved(functions: dict, reps: int) -> dict[str, float]:
@@ -88,6 +148,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with_checks = predict.Predictor.reference(device="cpu")
     without = predict.Predictor.reference(device="cpu", checks=())
+    PADDED_MODELS.extend([with_checks.model, without.model])
     with tempfile.TemporaryDirectory() as folder:
         files = make_jpegs(Path(folder), args.images, 512)
         pixels = [np.asarray(predict.load_item(str(path))[0].pixels) for path in files[:4]]
@@ -126,6 +187,7 @@ def main() -> None:
         for run in streams.values():
             run()  # warm-up
         rates = {name: len(files) / t for name, t in interleaved(streams, max(args.reps // 2, 3)).items()}
+    step_ms, step_difference = train_steps(args.reps)
     switch()
     print(
         json.dumps(
@@ -140,6 +202,9 @@ def main() -> None:
                     "no_checks": round(rates["new_no_checks"] / rates["old_no_checks"], 3),
                 },
                 "share_of_images_checked": {name: round(v, 3) for name, v in checked.items()},
+                "train_step_ms": {name: round(v, 1) for name, v in step_ms.items()},
+                "train_step_speedup": round(step_ms["padded_copy"] / step_ms["own_padding"], 3),
+                "train_step_max_abs_logit_difference": step_difference,
             },
             indent=2,
         )
