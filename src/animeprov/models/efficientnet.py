@@ -75,14 +75,13 @@ class SameConv2d(nn.Conv2d):
     ) -> None:
         before, after = _same_padding(size, kernel, stride)
         # Symmetric padding is the conv's own (no padded copy of the input: ~13% of a training step and of
-        # inference at 64 px); only the asymmetric case pads first.
-        symmetric = before if before == after else 0
+        # inference at 64 px); only the asymmetric case pads a copy first (F.pad order: left, right, top,
+        # bottom).
+        symmetric = before == after
         super().__init__(
-            in_channels, out_channels, kernel, stride, padding=symmetric, groups=groups, bias=False
+            in_channels, out_channels, kernel, stride, before if symmetric else 0, groups=groups, bias=False
         )
-        self.pad = (
-            (0, 0, 0, 0) if before == after else (before, after, before, after)
-        )  # left, right, top, bottom
+        self.pad = (0, 0, 0, 0) if symmetric else (before, after, before, after)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, self.pad) if any(self.pad) else x)
