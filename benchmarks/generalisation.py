@@ -103,6 +103,14 @@ PRETRAINED_ROWS: dict[str, tuple[str, dict]] = {
         "paper",
         {**PRETRAINED, "variant": "effnet-pixel", "size": 32, "views_per_image": 16},
     ),
+    # LP-FT (Kumar et al., ICLR 2022): the new classifier first learns on the ImageNet features as loaded
+    # (2 of the 8 epochs), then every weight fine-tunes: the random classifier's first gradients no longer
+    # reach the pretrained features.
+    "effnet-pixel, ImageNet init, equal augmentation, source sampling, binary loss, 2 epochs linear probe "
+    "first": (
+        "paper",
+        {**PRETRAINED, "variant": "effnet-pixel", "probe_epochs": 2},
+    ),
 }
 
 

@@ -213,6 +213,56 @@ def test_pretrained_lr_scale_slows_or_freezes_only_the_pretrained_weights(tiny_s
         train(config(1.5), tmp_path / "too-fast")
 
 
+def test_probe_epochs_hold_the_pretrained_weights_then_fine_tune_them(
+    tiny_split, tmp_path, checkpoint, monkeypatch
+):
+    from animeprov import checkpoint as ckpt
+    from animeprov.train import TrainConfig, _make_optimizer, _make_scheduler, train
+    from tests.test_train import killed_during_epoch
+
+    values = dict(data=str(tiny_split), variant="effnet-pixel", size=32, epochs=2, batch_size=8, lr=1e-2)
+    config = TrainConfig(**values, init="imagenet", probe_epochs=1, calibrate=False)
+
+    # The schedule: both groups follow the cosine, the pretrained one from lr 0 until the probe ends.
+    model = create_model("effnet-pixel", 3, 32)
+    optimizer = _make_optimizer(config, model, initialise(model, "imagenet"))
+    scheduler = _make_scheduler(config, optimizer)
+    rates = []
+    for _ in range(2):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert rates == [[1e-2, 0.0], [pytest.approx(5e-3), pytest.approx(5e-3)]]
+
+    def pretrained_unchanged(tensors: dict[str, torch.Tensor]) -> bool:
+        return all(
+            torch.equal(tensors[f"backbone.{checkpoint_key(key)}"], tensor)
+            for key, tensor in checkpoint.items()
+            if not key.startswith("_fc.") and not key.endswith(_BUFFERS)
+        )
+
+    def saved_model() -> dict[str, torch.Tensor]:
+        state = load_file(tmp_path / "run" / ckpt.LAST_STATE)
+        return {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+
+    # Killed as the second epoch starts: the probe epoch moved the classifier only.
+    killed_during_epoch(2, monkeypatch, config, tmp_path / "run")
+    after_probe = saved_model()
+    assert pretrained_unchanged(after_probe)
+    torch.manual_seed(0)  # training's seed: the classifier's starting values
+    fresh = create_model("effnet-pixel", 3, 32).backbone.head[3].weight
+    assert not torch.equal(after_probe["backbone.head.3.weight"], fresh)
+    # Resumed, the second epoch fine-tunes every weight.
+    train(config, tmp_path / "run", resume=True)
+    assert not pretrained_unchanged(saved_model())
+    assert ckpt.read_config(tmp_path / "run")["probe_epochs"] == 1
+
+    with pytest.raises(ValueError, match="probe_epochs must be 0 .* and needs init"):
+        train(TrainConfig(**values, probe_epochs=1), tmp_path / "no-init")
+    with pytest.raises(ValueError, match="fewer than the 2 epochs"):
+        train(TrainConfig(**values, init="imagenet", probe_epochs=2), tmp_path / "all-probe")
+
+
 def test_cli_train_reports_a_missing_wheel_in_one_line(tiny_split, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -36,6 +36,7 @@ RECIPE_FIELDS = (
     "init",
     "average_from",
     "pretrained_lr_scale",
+    "probe_epochs",
 )
 
 # The paper's set-up: one centre crop of the whole model input, DCT + CBAM, plain cross-entropy.
@@ -61,6 +62,7 @@ PAPER: dict[str, Any] = {
     "init": "",
     "average_from": 0,
     "pretrained_lr_scale": 1.0,
+    "probe_epochs": 0,
 }
 # A small from-scratch recipe, several times faster to run than `pretrained`: 64 px patches at random offsets
 # (content matters less in a small patch; judged by pooling every tile), the DCT of the NPR residual

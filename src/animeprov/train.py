@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,10 @@ class TrainConfig:
     # 1 fine-tunes everything alike; below 1 keeps the pretrained features closer to where they started
     # (discriminative fine-tuning); 0 freezes them, a linear probe on pretrained features.
     pretrained_lr_scale: float = 1.0
+    # 0 (off) | N: the first N epochs train only the new layers (the weights `init` filled held as loaded),
+    # then every weight fine-tunes for the rest of the cosine schedule: "LP-FT" (Kumar et al., ICLR 2022:
+    # a random head's first gradients distort pretrained features, which costs on unseen distributions).
+    probe_epochs: int = 0
 
 
 # Decoded training images kept in memory across views and epochs (in-process loading only: worker
@@ -108,7 +113,7 @@ def _make_optimizer(config: TrainConfig, model: nn.Module, pretrained: set[str])
     first group is always the new layers', so metrics.jsonl's "lr" is the schedule's lr. At scale 1 there is
     one group, as before the scale existed, so older runs still resume."""
     named = list(model.named_parameters())
-    split = bool(pretrained) and config.pretrained_lr_scale != 1
+    split = bool(pretrained) and (config.pretrained_lr_scale != 1 or config.probe_epochs > 0)
     groups = [{"params": [p for name, p in named if not (split and name in pretrained)], "lr": config.lr}]
     if split:
         groups.append(
@@ -122,6 +127,22 @@ def _make_optimizer(config: TrainConfig, model: nn.Module, pretrained: set[str])
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adam or adamw")
+
+
+def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    """Cosine decay over the epochs, stepped once per epoch. With probe_epochs the pretrained group (the
+    optimizer's second) holds at lr 0 for those epochs, then joins the schedule where it stands."""
+    epochs = max(config.epochs, 1)
+    if not config.probe_epochs:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+
+    def cosine(epoch: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+    def probed(epoch: int) -> float:
+        return 0.0 if epoch < config.probe_epochs else cosine(epoch)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, probed])
 
 
 def _class_weights(counts: dict[str, int]) -> torch.Tensor:
@@ -188,6 +209,11 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
             f"pretrained_lr_scale must lie in 0..1 and needs init (pretrained weights), got "
             f"{config.pretrained_lr_scale} with init={config.init!r}"
         )
+    if not 0 <= config.probe_epochs < max(config.epochs, 1) or (config.probe_epochs and not config.init):
+        raise ValueError(
+            f"probe_epochs must be 0 (off) or fewer than the {config.epochs} epochs, and needs init (pretrained "
+            f"weights), got {config.probe_epochs} with init={config.init!r}"
+        )
     torch.manual_seed(config.seed)
     device = distributed.rank_device(select_device(config.device))
     train_rows = read_split_rows(config.data, "train")
@@ -234,7 +260,7 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
     # before the optimizer sees it; a resumed run then loads its own state
     pretrained = initialise(model, config.init)
     optimizer = _make_optimizer(config, model, pretrained)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+    scheduler = _make_scheduler(config, optimizer)
     weights = _class_weights(counts).to(device) if config.weighted_loss else None
     human_index = classes.index(config.human_class) if config.human_class in classes else None
     loss_fn = ClassAndDetectionLoss(human_index, config.binary_weight, weights)
