@@ -110,8 +110,8 @@ def _setup_log(run: Path) -> logging.Handler:
 
 def _make_optimizer(config: TrainConfig, model: nn.Module, pretrained: set[str]) -> torch.optim.Optimizer:
     """The optimizer over every parameter; those named in `pretrained` at lr * pretrained_lr_scale. The
-    first group is always the new layers', so metrics.jsonl's "lr" is the schedule's lr. At scale 1 there is
-    one group, as before the scale existed, so older runs still resume."""
+    first group is always the new layers', so metrics.jsonl's "lr" is the schedule's lr. At scale 1 and
+    without probe_epochs there is one group, as before either existed, so older runs still resume."""
     named = list(model.named_parameters())
     split = bool(pretrained) and (config.pretrained_lr_scale != 1 or config.probe_epochs > 0)
     groups = [{"params": [p for name, p in named if not (split and name in pretrained)], "lr": config.lr}]
