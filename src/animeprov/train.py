@@ -211,8 +211,8 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
         )
     if not 0 <= config.probe_epochs < max(config.epochs, 1) or (config.probe_epochs and not config.init):
         raise ValueError(
-            f"probe_epochs must be 0 (off) or fewer than the {config.epochs} epochs, and needs init (pretrained "
-            f"weights), got {config.probe_epochs} with init={config.init!r}"
+            f"probe_epochs must be 0 (off) or fewer than the {config.epochs} epochs, and needs init "
+            f"(pretrained weights), got {config.probe_epochs} with init={config.init!r}"
         )
     torch.manual_seed(config.seed)
     device = distributed.rank_device(select_device(config.device))
