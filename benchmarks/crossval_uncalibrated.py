@@ -5,14 +5,16 @@ Calibration format 1 took P(generated) as 1 - P(human) after the class temperatu
 (C - 1) / C as T grows (evaluation/calibration.py). Formats 2 and 3 divide the logit of the model's own
 P(generated) by a detection temperature, which never moves an image across 0.5: so the balanced accuracy at
 0.5 computed here is format 2's exactly for folders predicted under format 1 or 2, and format 3's for
-folders predicted under format 3, without running a model. (Format 3 pools an image's tiles on the
+folders predicted under format 3 or 4, without running a model (format 4 also shifts the logit; the shift
+is undone here). (Format 3 pools an image's tiles on the
 detection logit, formats 1 and 2 as the softmax of their mean log-probabilities: tiles are not stored, so
 a folder predicted before format 3 keeps its pooling here.) The pooled ROC-AUC here is that of the raw
 P(generated); the calibrated one differs from it only in how the folds' detection temperatures interleave
 their scores.
 
 The stored probabilities are inverted: format 1 stored softmax(log p / T), whose T-th powers renormalised
-give p back; formats 2 and 3 stored P(generated) = sigmoid(logit(p_generated) / D).
+give p back; formats 2 to 4 stored P(generated) = sigmoid((logit(p_generated) - S) / D), S = 0 before
+format 4.
 
     .venv/bin/python benchmarks/crossval_uncalibrated.py runs/gen/* runs/loso/traces
 """
@@ -41,7 +43,8 @@ def raw_p_generated(row: dict, calibration: dict) -> float:
         p /= p.sum()
         return float(1.0 - p[names.index(human)])
     logit = np.log(row["p_generated"]) - np.log1p(-row["p_generated"])
-    return float(1.0 / (1.0 + np.exp(-logit * calibration["detection_temperature"])))
+    raw_logit = logit * calibration["detection_temperature"] + calibration.get("detection_shift", 0.0)
+    return float(1.0 / (1.0 + np.exp(-raw_logit)))
 
 
 def folder_figures(out: Path) -> dict:

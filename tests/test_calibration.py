@@ -17,7 +17,9 @@ from animeprov.evaluation.calibration import (
     Calibration,
     StaleCalibrationError,
     apply_temperature,
+    balanced_binary_nll,
     fit_calibration,
+    fit_detection_scaling,
     fnr_threshold,
     fpr_threshold,
     load_calibration,
@@ -220,6 +222,56 @@ def test_detection_temperature_is_fitted_on_generated_against_human() -> None:
     assert calibration.detection_temperature == pytest.approx(3.0, rel=0.1)
     m = calibration.measured
     assert m["detection_nll_after"] < m["detection_nll_before"]
+
+
+def test_detection_shift_moves_the_half_point_to_the_balanced_one() -> None:
+    # A model that leans to "human" on these sources: human logits ~ N(-4, 1), generated ~ N(-1, 1), so at
+    # its own 0.5 it calls nearly every image human. At equal class weight the true log-odds are
+    # log N(z; -1, 1) - log N(z; -4, 1) = 3 z + 7.5 = (z + 2.5) / (1/3): temperature 1/3, shift -2.5.
+    rng = np.random.default_rng(1)
+    z = np.r_[rng.normal(-4, 1, 3000), rng.normal(-1, 1, 1000)]
+    labels = np.r_[np.full(3000, 2), rng.integers(0, 2, 1000)]
+    p_generated = 1 / (1 + np.exp(-z))
+    probs = np.column_stack([p_generated[:, None] * [0.5, 0.5], 1 - p_generated])
+    calibration = fit_calibration(probs, labels, CLASSES, target_fpr=0.01)
+    assert calibration.detection_temperature == pytest.approx(1 / 3, rel=0.1)
+    assert calibration.detection_shift == pytest.approx(-2.5, abs=0.15)
+    m = calibration.measured
+    assert m["balanced_accuracy_at_half_before"] < 0.6 < 0.9 < m["balanced_accuracy_at_half_after"]
+    calibrated = calibration.probabilities(probs)[:, 2]
+    np.testing.assert_allclose(1 - calibrated, 1 / (1 + np.exp(-(z + 2.5) * 3)), atol=0.05)
+    # Monotone: the ai threshold still lets exactly floor(0.01 x 3000) = 30 human images through, and the
+    # generated images above it are those above the 31st highest human logit.
+    human_z = np.sort(z[:3000])[::-1]
+    assert m["false_positives"] == 30
+    assert m["tpr"] == pytest.approx((z[3000:] > human_z[30]).mean())
+
+
+def test_detection_fit_weighs_the_classes_equally() -> None:
+    # Labels drawn from P(generated) = sigmoid((z - 1) / 2) with 4x more human images: a plain logistic fit
+    # would find shift 1; at equal class weight the prior odds 1:4 are taken out, so the shift is
+    # 1 + 2 log(n_generated / n_human) and temperature 2.
+    rng = np.random.default_rng(2)
+    z = rng.normal(-3, 3, 40000)
+    generated = rng.random(40000) < 1 / (1 + np.exp(-(z - 1) / 2))
+    temperature, shift = fit_detection_scaling(z, generated)
+    assert temperature == pytest.approx(2.0, rel=0.05)
+    assert shift == pytest.approx(1 + 2 * np.log(generated.sum() / (~generated).sum()), abs=0.15)
+    assert balanced_binary_nll(z, generated, temperature, shift) < balanced_binary_nll(z, generated, 2.0, 1.0)
+
+
+def test_calibration_format_3_loads_without_a_shift(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"classes": list(CLASSES)}))
+    data = hand_calibration().to_dict()
+    del data["detection_shift"]
+    (run / "calibration.json").write_text(json.dumps({**data, "format": 3}))
+    loaded = load_calibration(run)
+    assert loaded.detection_shift == 0.0
+    assert verdict(np.array([0.6, 0.2, 0.2]), loaded)["p_generated"] == pytest.approx(0.8)
+    shifted = verdict(np.array([0.6, 0.2, 0.2]), hand_calibration(detection_shift=np.log(4)))
+    assert shifted["p_generated"] == pytest.approx(0.5)  # logit(0.8) = log 4, moved to 0
 
 
 @pytest.mark.parametrize("old_format", [1, 2])

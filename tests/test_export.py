@@ -26,6 +26,7 @@ SIZE = 32
 CLASSES = ["gen-a", "gen-b", "human"]
 TEMPERATURE = 1.7
 DETECTION_TEMPERATURE = 0.6
+DETECTION_SHIFT = -1.3
 
 
 def handmade_run(run: Path, variant: str) -> Path:
@@ -52,7 +53,8 @@ def handmade_run(run: Path, variant: str) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """cnn-dct-mask with a calibration.json (temperatures 1.7, 0.6) and xception-dct-mask without, 32 px."""
+    """cnn-dct-mask with a calibration.json (temperatures 1.7, 0.6, shift -1.3) and xception-dct-mask
+    without, 32 px."""
     root = tmp_path_factory.mktemp("export")
     cnn = handmade_run(root / "cnn-dct-mask", "cnn-dct-mask")
     calibration = Calibration(
@@ -60,6 +62,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         human_class="human",
         temperature=TEMPERATURE,
         detection_temperature=DETECTION_TEMPERATURE,
+        detection_shift=DETECTION_SHIFT,
         ai_threshold=0.9,
         artist_threshold=0.2,
         unknown_threshold=0.5,
@@ -111,6 +114,7 @@ def test_onnx_matches_pytorch_and_carries_its_metadata(runs, variant, tmp_path):
     if variant == "cnn-dct-mask":
         assert metadata["calibrated"] == "true" and float(metadata["temperature"]) == TEMPERATURE
         assert float(metadata["detection_temperature"]) == DETECTION_TEMPERATURE
+        assert float(metadata["detection_shift"]) == DETECTION_SHIFT
         assert json.loads(metadata["calibration"])["ai_threshold"] == calibration.ai_threshold
     else:
         assert calibration is None

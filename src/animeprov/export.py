@@ -59,13 +59,17 @@ class Scaling:
     human_index: int
     temperature: float = 1.0
     detection_temperature: float = 1.0
+    detection_shift: float = 0.0
 
     @classmethod
     def of(cls, calibration: Calibration | None, classes: list[str], human_class: str) -> Scaling:
         if calibration is None:
             return cls(classes.index(human_class))
         return cls(
-            classes.index(calibration.human_class), calibration.temperature, calibration.detection_temperature
+            classes.index(calibration.human_class),
+            calibration.temperature,
+            calibration.detection_temperature,
+            calibration.detection_shift,
         )
 
 
@@ -79,13 +83,14 @@ class ExportedClassifier(nn.Module):
         self.human = scaling.human_index
         self.register_buffer("temperature", torch.tensor(float(scaling.temperature)))
         self.register_buffer("detection_temperature", torch.tensor(float(scaling.detection_temperature)))
+        self.register_buffer("detection_shift", torch.tensor(float(scaling.detection_shift)))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(images)
         human = logits[:, self.human : self.human + 1]
         generators = torch.cat([logits[:, : self.human], logits[:, self.human + 1 :]], dim=1)
         detection_logit = (
-            torch.logsumexp(generators, dim=1, keepdim=True) - human
+            torch.logsumexp(generators, dim=1, keepdim=True) - human - self.detection_shift
         ) / self.detection_temperature
         share = torch.softmax(generators / self.temperature, dim=1)
         p_generated = torch.sigmoid(detection_logit)
@@ -133,10 +138,12 @@ def export_metadata(
         "input": f"{INPUT_NAME}: (N, 3, {size}, {size}) float32 RGB in [0, 1]; a centre crop or tile of the "
         "model size, never a resized image",
         "outputs": "logits: (N, classes) raw scores; probabilities: (N, classes), P(generated) = "
-        "sigmoid((logsumexp(generator logits) - human logit) / detection_temperature) = 1 - P(human), "
+        "sigmoid((logsumexp(generator logits) - human logit - detection_shift) / detection_temperature) "
+        "= 1 - P(human), "
         "shared among the generator classes as softmax(logits / temperature)",
         "temperature": repr(calibration.temperature if calibration else 1.0),
         "detection_temperature": repr(calibration.detection_temperature if calibration else 1.0),
+        "detection_shift": repr(calibration.detection_shift if calibration else 0.0),
         "calibrated": "true" if calibration else "false",
         "weights_sha256": sha256_file(weights_path),
     }

@@ -520,6 +520,7 @@ class Predictor:
             else {
                 "temperature": calibration.temperature,
                 "detection_temperature": calibration.detection_temperature,
+                "detection_shift": calibration.detection_shift,
                 "ai": calibration.ai_threshold,
                 "artist": calibration.artist_threshold,
                 "unknown": calibration.unknown_threshold,

@@ -78,9 +78,13 @@ def calibration_table(calibration: Calibration) -> Table:
         ("NLL before -> after", f"{m['nll_before']:.4f} -> {m['nll_after']:.4f}"),
         ("temperature (classes)", f"{calibration.temperature:.4f}"),
         (
-            "detection temperature, NLL before -> after",
-            f"{calibration.detection_temperature:.4f}, "
+            "detection temperature and shift, balanced NLL before -> after",
+            f"{calibration.detection_temperature:.4f}, {calibration.detection_shift:+.4f}, "
             f"{m['detection_nll_before']:.4f} -> {m['detection_nll_after']:.4f}",
+        ),
+        (
+            "balanced accuracy at P(generated) 0.5, before -> after",
+            f"{m['balanced_accuracy_at_half_before']:.4f} -> {m['balanced_accuracy_at_half_after']:.4f}",
         ),
         ("ai: P(generated) >=", f"{calibration.ai_threshold:.6f}"),
         ("artist: P(generated) <=", f"{calibration.artist_threshold:.6f}"),

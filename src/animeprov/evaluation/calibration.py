@@ -11,8 +11,15 @@ capped. One scalar T > 0 minimises the NLL; T is searched on a log scale within 
 A split the model separates perfectly has no finite optimum (the NLL keeps falling as T shrinks): T then
 stops at the lower bound and a note says so.
 
-Detection. P(generated) is the model's own 1 - P(human) (temperature 1), its logit divided by a second,
-binary temperature fitted the same way on generated-vs-human (`detection_temperature`). It is not taken
+Detection. P(generated) is the model's own 1 - P(human) (temperature 1), its logit z moved and scaled:
+sigmoid((z - detection_shift) / detection_temperature), both fitted by a logistic fit of generated-vs-human
+on the calibration split with each class weighing half, so P(generated) is the probability for an image
+drawn from a mix that is half generated and 0.5 is that mix's decision point. The shift matters on sources
+the model never saw: it judges their generated images "human" far more often than their human art
+"generated" (docs/results/generalisation.md); validation sources are held out from training too, so they
+show how far the model's own 0.5 sits from the balanced one. The shift and temperature are monotone: every
+threshold below, fitted on the calibrated P(generated), judges the same images as without them. The
+temperature is not taken
 from the multi-class temperature: softmax(log p / T) flattens towards the uniform distribution as T grows,
 so 1 - P(human) drifts towards (C - 1) / C for C classes, whatever the image. On validation sources that
 training never saw T came out as high as 6.5 and, with six classes, most held-out human art crossed 0.5
@@ -59,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_softmax, logsumexp, softmax
 from scipy.stats import beta
 
@@ -77,7 +84,11 @@ CALIBRATION_FILE = "calibration.json"
 # 2: P(generated) has its own temperature (`detection_temperature`); format 1 files predate it.
 # 3: an image's tiles are pooled on the detection logit (`engine.pool_views`); format 2 thresholds were
 #    fitted on the softmax of the tiles' mean log-probabilities.
-CALIBRATION_FORMAT = 3
+# 4: P(generated) has a fitted shift (`detection_shift`) and both detection parameters are fitted at equal
+#    class weight. Format 3 files still load, as shift 0: their verdicts are the same, only P(generated)
+#    keeps the model's own 0.5 point.
+CALIBRATION_FORMAT = 4
+READABLE_FORMATS = {3: "no detection shift (read as 0)", CALIBRATION_FORMAT: "current"}
 STALE_FORMATS = {
     1: "calibration format 1 predates the detection temperature",
     2: "calibration format 2 was fitted on tiles pooled another way (before the detection-logit pooling)",
@@ -88,6 +99,8 @@ PROB_FLOOR = 1e-12
 # Search range of T: far beyond what real models need (1-5 for over-confident nets), and keeps a
 # perfectly separated split from driving T to zero.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+# Search range of the detection shift, in logits: as far as the clipped probabilities reach (log 1e12).
+SHIFT_BOUND = 28.0
 # Guards floor/ceil against products such as 0.6 * 5 = 2.9999999999999996.
 _COUNT_SLACK = 1e-9
 
@@ -113,6 +126,7 @@ class Calibration:
     target_fpr: float
     target_fnr: float
     known_pass_rate: float
+    detection_shift: float = 0.0  # subtracted from P(generated)'s logit before the detection temperature
     measured: dict[str, Any] = field(default_factory=dict)  # figures on the calibration split
     source: dict[str, Any] = field(default_factory=dict)  # data, split, weights the fit used
     overrides: dict[str, dict[str, float]] = field(default_factory=dict)  # {name: {"fitted", "now"}}
@@ -133,7 +147,9 @@ class Calibration:
         """The calibrated class probabilities of rows of model softmax outputs (see the module docstring)."""
         human = self.class_names.index(self.human_class)
         probs = _check_probs(probs, len(self.class_names))
-        return calibrated_probabilities(probs, human, self.temperature, self.detection_temperature)
+        return calibrated_probabilities(
+            probs, human, self.temperature, self.detection_temperature, self.detection_shift
+        )
 
     def bands(self) -> dict[str, str]:
         """The verdict bands in words, as stored in calibration.json."""
@@ -173,7 +189,7 @@ class Calibration:
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         if data.get("format") in STALE_FORMATS:
             raise StaleCalibrationError(f"{STALE_FORMATS[data['format']]}; run `animeprov calibrate` again")
-        if data.get("format") != CALIBRATION_FORMAT:
+        if data.get("format") not in READABLE_FORMATS:
             raise ValueError(f"unsupported calibration format {data.get('format')!r}")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
@@ -209,22 +225,21 @@ def _detection_log_probs(log_p: np.ndarray, human: int) -> tuple[np.ndarray, np.
 
 
 def calibrated_probabilities(
-    probs: np.ndarray, human: int, temperature: float, detection_temperature: float
+    probs: np.ndarray,
+    human: int,
+    temperature: float,
+    detection_temperature: float,
+    detection_shift: float = 0.0,
 ) -> np.ndarray:
-    """Class probabilities with P(generated) = sigmoid(logit(1 - p[human]) / detection_temperature) and the
-    generator columns sharing it as softmax(log p / temperature) shares them (module docstring)."""
+    """Class probabilities with P(generated) = sigmoid((logit(1 - p[human]) - detection_shift) /
+    detection_temperature) and the generator columns sharing it as softmax(log p / temperature) shares them
+    (module docstring)."""
     log_p = _log_probs(np.asarray(probs, dtype=np.float64))
     log_human, log_generated = _detection_log_probs(log_p, human)
-    detection_logit = (log_generated - log_human) / detection_temperature
+    detection_logit = (log_generated - log_human - detection_shift) / detection_temperature
     share = softmax(np.delete(log_p, human, axis=1) / temperature, axis=1)
     shared = expit(detection_logit)[:, None] * share
     return np.insert(shared, human, expit(-detection_logit), axis=1)
-
-
-def detection_probs(probs: np.ndarray, human: int) -> np.ndarray:
-    """(n, 2) columns P(human), P(generated) of softmax outputs: the two-class problem detection is."""
-    log_human, log_generated = _detection_log_probs(_log_probs(np.asarray(probs, dtype=np.float64)), human)
-    return np.exp(np.stack([log_human, log_generated], axis=1))
 
 
 def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -243,6 +258,35 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
     result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
     return float(math.exp(result.x))
+
+
+def detection_logits(probs: np.ndarray, human: int) -> np.ndarray:
+    """log P(generated) - log P(human) of softmax outputs: the model's own detection logit."""
+    log_human, log_generated = _detection_log_probs(_log_probs(np.asarray(probs, dtype=np.float64)), human)
+    return log_generated - log_human
+
+
+def balanced_binary_nll(logits: np.ndarray, generated: np.ndarray, temperature: float, shift: float) -> float:
+    """Mean NLL of sigmoid((logit - shift) / temperature) against `generated`, each class weighing half."""
+    z = (np.asarray(logits, dtype=np.float64) - shift) / temperature
+    losses = np.logaddexp(0.0, np.where(generated, -z, z))  # -log sigmoid(+-z), stable
+    return float((losses[generated].mean() + losses[~generated].mean()) / 2)
+
+
+def fit_detection_scaling(logits: np.ndarray, generated: np.ndarray) -> tuple[float, float]:
+    """(temperature, shift) minimising `balanced_binary_nll`: a logistic fit of one feature at equal class
+    weight; the temperature within TEMPERATURE_BOUNDS, the shift within +-SHIFT_BOUND."""
+    logits = np.asarray(logits, dtype=np.float64)
+    generated = np.asarray(generated, dtype=bool)
+
+    def loss(params: np.ndarray) -> float:
+        return balanced_binary_nll(logits, generated, math.exp(params[0]), params[1])
+
+    low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    result = minimize(
+        loss, x0=np.array([0.0, 0.0]), method="L-BFGS-B", bounds=[(low, high), (-SHIFT_BOUND, SHIFT_BOUND)]
+    )
+    return float(math.exp(result.x[0])), float(result.x[1])
 
 
 def allowed_count(rate: float, n: int) -> int:
@@ -335,9 +379,9 @@ def fit_calibration(
 
     human = class_names.index(human_class)
     temperature = fit_temperature(probs, labels)
-    detection = detection_probs(probs, human)
-    detection_temperature = fit_temperature(detection, (~is_human).astype(np.int64))
-    calibrated = calibrated_probabilities(probs, human, temperature, detection_temperature)
+    logits = detection_logits(probs, human)
+    detection_temperature, detection_shift = fit_detection_scaling(logits, ~is_human)
+    calibrated = calibrated_probabilities(probs, human, temperature, detection_temperature, detection_shift)
     p_generated, generator_score, _ = _split_columns(calibrated, class_names, human_class)
 
     ai_threshold = fpr_threshold(p_generated[is_human], target_fpr)
@@ -358,10 +402,11 @@ def fit_calibration(
         "ece_bins": DEFAULT_ECE_BINS,
         "nll_before": negative_log_likelihood(probs, labels),
         "nll_after": negative_log_likelihood(probs, labels, temperature),
-        "detection_nll_before": negative_log_likelihood(detection, (~is_human).astype(np.int64)),
-        "detection_nll_after": negative_log_likelihood(
-            detection, (~is_human).astype(np.int64), detection_temperature
-        ),
+        # at equal class weight, the loss the detection temperature and shift minimise
+        "detection_nll_before": balanced_binary_nll(logits, ~is_human, 1.0, 0.0),
+        "detection_nll_after": balanced_binary_nll(logits, ~is_human, detection_temperature, detection_shift),
+        "balanced_accuracy_at_half_before": _balanced_accuracy(logits >= 0, ~is_human),
+        "balanced_accuracy_at_half_after": _balanced_accuracy(logits >= detection_shift, ~is_human),
         "allowed_false_positives": allowed,
         "false_positives": false_positives,
         "fpr": false_positives / n_human,
@@ -392,8 +437,13 @@ def fit_calibration(
         target_fpr=float(target_fpr),
         target_fnr=float(target_fnr),
         known_pass_rate=float(known_pass_rate),
+        detection_shift=detection_shift,
         measured=measured,
     )
+
+
+def _balanced_accuracy(judged_generated: np.ndarray, generated: np.ndarray) -> float:
+    return float((judged_generated[generated].mean() + (~judged_generated[~generated]).mean()) / 2)
 
 
 def _notes(
