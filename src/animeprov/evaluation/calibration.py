@@ -88,7 +88,7 @@ CALIBRATION_FILE = "calibration.json"
 #    class weight. Format 3 files still load, as shift 0: their verdicts are the same, only P(generated)
 #    keeps the model's own 0.5 point.
 CALIBRATION_FORMAT = 4
-READABLE_FORMATS = {3: "no detection shift (read as 0)", CALIBRATION_FORMAT: "current"}
+READABLE_FORMATS = (3, CALIBRATION_FORMAT)  # a format 3 file reads as detection_shift 0
 STALE_FORMATS = {
     1: "calibration format 1 predates the detection temperature",
     2: "calibration format 2 was fitted on tiles pooled another way (before the detection-logit pooling)",
