@@ -1,8 +1,8 @@
 """Build the reference model shipped in the package (src/animeprov/reference/), or check the shipped one.
 
-    # the real build: every visible real set (manifests from `animeprov data index`), default recipe, seed 0
-    python benchmarks/build_reference.py runs/data/anime-real-256.csv runs/data/anime-more-256.csv \\
-        runs/data/anime-vn-256.csv --description "visible real sets of ../shared/data" --work runs/reference
+    # the real build: every visible real set, default recipe, seed 0, calibrated on held-out sources
+    python benchmarks/build_reference.py ../shared/data/anime-{real,more,sd1-postproc,vn}-256/manifest.csv \\
+        --description "visible real sets of ../shared/data" --work runs/reference
     # the synthetic stand-in (`animeprov data synth`), which exercises every code path
     python benchmarks/build_reference.py --synthetic 100 --work runs/reference
     # rebuild with the settings the shipped bundle records and compare with its SHA256SUMS
@@ -11,13 +11,15 @@
     python benchmarks/build_reference.py --recalibrate --work runs/reference
 
 Steps (each one the library call its CLI command makes): combine the manifests (`crossval.combine_manifests`:
-absolute paths, a `dataset` column, groups kept per manifest), split them 8:1:1 with groups whole and no class
-cap (`data.split.split_manifest`), train `recipe.train_config(DEFAULT_RECIPE, data=split, seed=...)` on the
-CPU with one thread (train calibrates on the val split and fits the familiarity check), evaluate on the test
-split (the random-split figures), compute the class fingerprints of the train split, then write the bundle:
-the run's config.json (made portable: no machine paths), model.safetensors, calibration.json,
-familiarity.safetensors, fingerprints/ (index.json and each class's luminance.npy), training-data.csv,
-reference.json, model-card.md (a copy of docs/model-card.md) and SHA256SUMS. Run it from the repository root.
+absolute paths, a `dataset` column, groups kept per manifest), hold out about 15% of the sources, human and
+AI, as the val split (`crossval.fold_split`, as in each cross-validation fold; `--val-by group`: 8:1:1 with
+groups whole, `data.split.split_manifest`), train `recipe.train_config(DEFAULT_RECIPE, data=split, seed=...)`
+on the CPU with one thread (train calibrates on the val split and fits the familiarity check), evaluate on
+the test split if there is one (`--val-by group`: the random-split figures), compute the class
+fingerprints of the train split, then write the bundle: the run's config.json (made portable: no machine
+paths), model.safetensors, calibration.json, familiarity.safetensors, fingerprints/ (index.json and each
+class's luminance.npy), training-data.csv, reference.json, model-card.md (a copy of docs/model-card.md) and
+SHA256SUMS. Run it from the repository root.
 
 The same data, seed, recipe, library versions and CPU give the same bytes. Another CPU (other SIMD paths in
 oneDNN/OpenBLAS) or another torch/numpy/scipy changes float rounding, so the weights differ in their last
@@ -52,6 +54,9 @@ DATA_COLUMNS = ("dataset", "source", "class", "license", "name", "sha256", "spli
 # Files whose bytes say nothing about the model: excluded from the rebuild comparison.
 NOT_COMPARED = {reference.INFO_FILE}
 WORK_MARKER = ".build_reference"  # marks --work as this script's, so that a rebuild may delete it
+# With val_by "source": the shipped model must still learn every class, so no class gives more than half its
+# images to validation (one large source can hold most of a class: tsunamori-novelai has 86 of 88 NovelAI).
+MAX_VAL_CLASS_SHARE = 0.5
 LICENCES_FILE = "LICENCES.md"  # named in pyproject.toml's license-files: the wheel's metadata carries it
 
 
@@ -72,7 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipe", help="training recipe (default: recipe.DEFAULT_RECIPE)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override")
-    parser.add_argument("--ratios", default="8:1:1", help="train:val:test")
+    parser.add_argument(
+        "--val-by",
+        choices=("source", "group"),
+        help="source (default with manifests): validate and calibrate on whole sources held out from "
+        "training, as each fold of `crossval` does, and keep no test split; group (default with "
+        "--synthetic, which has no sources): split by --ratios with groups whole",
+    )
+    parser.add_argument("--val-share", type=float, default=0.15, help="with --val-by source: share held out")
+    parser.add_argument("--ratios", default="8:1:1", help="train:val:test (with --val-by group)")
     parser.add_argument("--per-class", type=int, help="cap every class at this many images (default: none)")
     parser.add_argument("--group-column", default="group", help="rows sharing a value stay in one split")
     parser.add_argument("--device", default="cpu", help="cpu (default: the reproducible choice), cuda, auto")
@@ -127,6 +140,8 @@ def settings_from(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "recipe": args.recipe or DEFAULT_RECIPE,
         "overrides": parse_settings(args.set),
+        "val_by": args.val_by or ("group" if args.synthetic else "source"),
+        "val_share": args.val_share,
         "ratios": [float(r) for r in args.ratios.split(":")],
         "per_class": args.per_class,
         "group_column": args.group_column,
@@ -160,7 +175,6 @@ def build(settings: dict, out: Path, work: Path, keep_training: bool = False) ->
     the epochs: the same bundle a full build would give when the training code has not changed."""
     from animeprov.checkpoint import read_config
     from animeprov.data.manifest import write_rows
-    from animeprov.data.split import split_manifest
     from animeprov.evaluation.evaluate import evaluate_run
     from animeprov.recipe import recipe_values, train_config
     from animeprov.train import train
@@ -188,18 +202,7 @@ def build(settings: dict, out: Path, work: Path, keep_training: bool = False) ->
         rows = [
             {**row, "dataset": "synthetic", "license": "MIT (made by animeprov data synth)"} for row in rows
         ]
-    group = settings["group_column"]
-    if any(group not in row for row in rows):
-        print(f"note: rows without a {group!r} column are groups of their own", file=sys.stderr)
-        rows = [{**row, group: row.get(group, "")} for row in rows]
-    largest = max(Counter(row["class"] for row in rows).values())
-    split_rows = split_manifest(
-        rows,
-        ratios=settings["ratios"],
-        per_class=settings["per_class"] or largest,  # no cap by default: every image trains or tests
-        seed=settings["seed"],
-        group_column=group,
-    )
+    split_rows = split_rows_for(rows, settings)
     split_csv = work / "split.csv"
     write_rows(split_csv, split_rows, list(dict.fromkeys(key for row in split_rows for key in row)))
 
@@ -246,6 +249,45 @@ def build(settings: dict, out: Path, work: Path, keep_training: bool = False) ->
     staging.rename(out)
     print(f"bundle written: {out} ({_size_mb(out):.2f} MB)")
     return out
+
+
+def split_rows_for(rows: list[dict], settings: dict) -> list[dict]:
+    """The rows with their `split`. val_by "source": whole sources held out for validation and calibration
+    (`crossval.fold_split` with nothing held out for test), so that the thresholds and the detection shift
+    are fitted on sources the model never trained on, like every model the cross-validation measured; a
+    random validation split shares its sources with training and says nothing about unseen ones.
+    val_by "group" (bundles built before it, and synthetic data): train:val:test by `ratios`, groups whole."""
+    from animeprov.config import DEFAULT_HUMAN_CLASS
+    from animeprov.crossval import fold_split
+    from animeprov.data.split import split_manifest
+
+    if settings.get("val_by", "group") == "source":
+        if any(not row.get("source") for row in rows):
+            raise SystemExit(
+                "--val-by source: every manifest row needs a `source` value (or use --val-by group)"
+            )
+        return fold_split(
+            rows,
+            [],
+            "source",
+            DEFAULT_HUMAN_CLASS,
+            val_by="source",
+            val_share=settings["val_share"],
+            seed=settings["seed"],
+            max_class_share=MAX_VAL_CLASS_SHARE,
+        )
+    group = settings["group_column"]
+    if any(group not in row for row in rows):
+        print(f"note: rows without a {group!r} column are groups of their own", file=sys.stderr)
+        rows = [{**row, group: row.get(group, "")} for row in rows]
+    largest = max(Counter(row["class"] for row in rows).values())
+    return split_manifest(
+        rows,
+        ratios=settings["ratios"],
+        per_class=settings["per_class"] or largest,  # no cap by default: every image trains or tests
+        seed=settings["seed"],
+        group_column=group,
+    )
 
 
 def _combine(manifests: list[Path], work: Path) -> list[dict]:
@@ -435,7 +477,12 @@ def build_command(settings: dict) -> str:
     args += ["--seed", str(settings["seed"]), "--recipe", settings["recipe"]]
     for field, value in settings["overrides"].items():
         args += ["--set", f"{field}={json.dumps(value) if not isinstance(value, str) else value}"]
-    args += ["--ratios", ":".join(f"{r:g}" for r in settings["ratios"])]
+    val_by = settings.get("val_by", "group")
+    args += ["--val-by", val_by]
+    if val_by == "source":
+        args += ["--val-share", f"{settings['val_share']:g}"]
+    else:
+        args += ["--ratios", ":".join(f"{r:g}" for r in settings["ratios"])]
     if settings["per_class"]:
         args += ["--per-class", str(settings["per_class"])]
     args += ["--group-column", settings["group_column"], "--device", settings["device"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,26 @@ def test_validation_sources_never_take_a_class_out_of_training():
             r["class"] for r in split if r["split"] == "train"
         }
         assert "c1" not in {r["source"] for r in split if r["split"] == "val"}
+
+
+def test_validation_keeps_at_most_the_given_share_of_each_class():
+    # c1 holds 20 of gen-c's 22 images: without a cap some seeds validate on it and leave 2 to train
+    spec = {**SPEC, "c1": ("gen-c", 20), "c2": ("gen-c", 2)}
+    uncapped, capped = set(), set()
+    for seed in range(20):
+        kwargs = dict(val_by="source", val_share=0.5, seed=seed)
+        uncapped |= {
+            r["source"]
+            for r in fold_split(_rows(spec), [], "source", "human", **kwargs)
+            if r["split"] == "val"
+        }
+        split = fold_split(_rows(spec), [], "source", "human", max_class_share=0.5, **kwargs)
+        val = Counter(r["class"] for r in split if r["split"] == "val")
+        total = Counter(r["class"] for r in split)
+        assert all(val[c] <= 0.5 * total[c] for c in total), (seed, val)
+        capped |= {r["source"] for r in split if r["split"] == "val"}
+        assert not {r["source"] for r in split if r["split"] == "test"}  # nothing held out: no test split
+    assert "c1" in uncapped and "c1" not in capped
 
 
 def test_seed_ensemble_pools_each_images_probability_on_the_logit():

@@ -232,6 +232,35 @@ def test_build_script_builds_a_bundle_that_its_check_reproduces(tmp_path):
     assert "| synthetic | human | human |" in tables.stdout
 
 
+def test_the_real_build_validates_on_sources_it_does_not_train_on():
+    module = load_benchmark("build_reference")
+    spec = {"h1": ("human", 30), "h2": ("human", 8), "h3": ("human", 6), "n1": ("novelai", 40)}
+    spec |= {"n2": ("novelai", 3), "s1": ("sd", 10), "s2": ("sd", 6)}
+    rows = [
+        {"path": f"{source}/{i}.png", "class": cls, "source": source, "group": ""}
+        for source, (cls, n) in spec.items()
+        for i in range(n)
+    ]
+    settings = {"val_by": "source", "val_share": 0.15, "seed": 0, "synthetic": None, "manifests": ["m.csv"]}
+    settings |= {"description": None, "recipe": "pretrained", "overrides": {}, "ratios": [8, 1, 1]}
+    settings |= {"per_class": None, "group_column": "group", "device": "cpu"}
+    split = module.split_rows_for(rows, settings)
+    sources = {name: {r["source"] for r in split if r["split"] == name} for name in ("train", "val", "test")}
+    assert sources["val"] and not sources["test"] and not sources["val"] & sources["train"]
+    assert {"h1", "h2", "h3"} & sources["val"]  # human sources are validated on too
+    for seed in range(10):  # n1 holds most of novelai: the model must train on it
+        split = module.split_rows_for(rows, {**settings, "seed": seed})
+        assert "n1" not in {r["source"] for r in split if r["split"] == "val"}
+    assert "--val-by source --val-share 0.15" in module.build_command(settings)
+    assert "--ratios" not in module.build_command(settings)
+    with pytest.raises(SystemExit, match="needs a `source` value"):
+        module.split_rows_for([{**row, "source": ""} for row in rows], settings)
+    # bundles built before --val-by record no val_by: --check rebuilds them with the random split
+    old = {key: value for key, value in settings.items() if key not in ("val_by", "val_share")}
+    assert "--ratios 8:1:1" in module.build_command(old)
+    assert {r["split"] for r in module.split_rows_for(rows, old)} == {"train", "val", "test"}
+
+
 def test_check_explains_a_mismatch_by_what_differs(tmp_path):
     module = load_benchmark("build_reference")
     for folder in ("a", "b"):

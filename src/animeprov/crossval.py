@@ -128,11 +128,13 @@ def fold_split(
     val_by: str,
     val_share: float,
     seed: int,
+    max_class_share: float = 1.0,
 ) -> list[dict]:
     """Rows with a `split` column: test = the held-out sources; val = about `val_share` of the rest, whole
     values of the column `val_by` (default "source": a human and an AI share, so calibration sees sources
     it did not train on; falls back to `by` when rows have no such column) or whole groups per class
-    (val_by="group"); train = the remainder."""
+    (val_by="group"); train = the remainder. A source joins val only while val holds at most
+    `max_class_share` of each class's images (the rest train)."""
     rng = random.Random(seed)
     test = set(held_out)
     rest = [row for row in rows if row[by] not in test]
@@ -142,6 +144,9 @@ def fold_split(
         kinds = source_kinds(rest, key, human_class)
         sizes = Counter(row[key] for row in rest)
         classes_of: dict[str, set[str]] = defaultdict(set)
+        class_sizes = Counter(row["class"] for row in rest)
+        source_class_sizes = Counter((row[key], row["class"]) for row in rest)
+        in_val: Counter[str] = Counter()
         for row in rest:
             classes_of[row[key]].add(row["class"])
         for kind in ("human", "ai"):
@@ -154,9 +159,14 @@ def fold_split(
                 # Only sources whose every class keeps another source in training: the model must know
                 # every class it is validated and calibrated on.
                 training = {c for n in sizes if n not in val_keys and n != name for c in classes_of[n]}
-                if classes_of[name] <= training:
+                within_share = all(
+                    in_val[c] + source_class_sizes[name, c] <= max_class_share * class_sizes[c]
+                    for c in classes_of[name]
+                )
+                if classes_of[name] <= training and within_share:
                     val_keys.add(name)
                     taken += sizes[name]
+                    in_val.update({c: source_class_sizes[name, c] for c in classes_of[name]})
     else:
         key = "group" if rest and "group" in rest[0] else "path"
         by_class: dict[str, list[str]] = defaultdict(list)
