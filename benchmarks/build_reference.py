@@ -561,20 +561,21 @@ def card_tables(info: dict) -> str:
         licence = " ".join(str(e["licence"] or "not stated").split()).replace("|", "/")
         cells = [e["dataset"], e["source"], e["class"], e["train"], e["val"], e["test"], licence]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
-    test = info.get("test") or {}
-    lines += [
-        "",
-        "| random split (test) | n | attribution accuracy | macro-F1 | detection accuracy | detection AP "
-        "| ROC-AUC |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        "| "
-        + " | ".join(
-            [info["name"]]
-            + [fmt(test.get(k)) for k in ("n", "attribution_accuracy", "macro_f1", "detection_accuracy")]
-            + [fmt(test.get(k)) for k in ("detection_ap", "roc_auc")]
-        )
-        + " |",
-    ]
+    test = info.get("test")
+    if test:  # a build validated on held-out sources (--val-by source) keeps no test split
+        lines += [
+            "",
+            "| random split (test) | n | attribution accuracy | macro-F1 | detection accuracy | detection AP "
+            "| ROC-AUC |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            "| "
+            + " | ".join(
+                [info["name"]]
+                + [fmt(test.get(k)) for k in ("n", "attribution_accuracy", "macro_f1", "detection_accuracy")]
+                + [fmt(test.get(k)) for k in ("detection_ap", "roc_auc")]
+            )
+            + " |",
+        ]
     cal = info.get("calibration") or {}
     lines += [
         "",

@@ -3,6 +3,7 @@ serve's card, and benchmarks/build_reference.py (build and --check) on tiny synt
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -161,6 +162,14 @@ def test_models_lists_the_reference_model():
     assert result.exit_code == 0
     assert "bundled models" in result.said and "reference (sha256 verified)" in result.said
     assert reference.bundle_info(BUNDLE)["built_from"] in result.said
+    # what it was calibrated on, counted from the bundle's training-data.csv
+    with open(BUNDLE / "training-data.csv", newline="") as handle:
+        val = [row for row in csv.DictReader(handle) if row["split"] == "val"]
+    held_out = "sources held out of training"
+    assert (
+        f"calibrated on: {len(val)} images of {len({row['source'] for row in val})} sources, {held_out}"
+        in (result.said)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -146,6 +146,12 @@ def card_summary(folder: str | os.PathLike) -> dict[str, Any] | None:
         "random_split_test": {
             key: test.get(key) for key in ("n", "attribution_accuracy", "detection_accuracy") if key in test
         },
+        # what the verdicts were calibrated on: sources held out of training, or a random split of them
+        "validation": {
+            "by": ((info.get("build") or {}).get("args") or {}).get("val_by", "group"),
+            "images": sum(entry["val"] for entry in info.get("sources", [])),
+            "sources": len({entry["source"] for entry in info.get("sources", []) if entry["val"]}),
+        },
         "licence": (info.get("licences") or {}).get("model"),
         "card": f"docs/model-card.md (animeprov/{REFERENCE}/{CARD_FILE}; `serve` shows it at /model-card)",
     }

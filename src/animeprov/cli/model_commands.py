@@ -58,14 +58,18 @@ def bundled_model_lines() -> list[str]:
             continue
         test = card.get("random_split_test") or {}
         figures = ", ".join(f"{key} {value:.3g}" for key, value in test.items() if value is not None)
+        val = card.get("validation") or {}
+        held_out = "sources held out of training" if val.get("by") == "source" else "a random split"
         lines += [
             f"  {name} (sha256 verified)",
             f"    data:    {card.get('data')} ({card.get('images')} images)",
             f"    classes: {', '.join(card.get('classes', []))}",
             f"    recipe:  {card.get('recipe')}, seed {card.get('seed')}",
-            f"    random-split test: {figures or 'none'}",
-            f"    card:    {card.get('card')}",
+            f"    calibrated on: {val.get('images')} images of {val.get('sources')} sources, {held_out}",
         ]
+        if figures:
+            lines.append(f"    random-split test: {figures}")
+        lines.append(f"    card:    {card.get('card')}")
     return lines
 
 
