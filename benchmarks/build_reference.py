@@ -54,9 +54,6 @@ DATA_COLUMNS = ("dataset", "source", "class", "license", "name", "sha256", "spli
 # Files whose bytes say nothing about the model: excluded from the rebuild comparison.
 NOT_COMPARED = {reference.INFO_FILE}
 WORK_MARKER = ".build_reference"  # marks --work as this script's, so that a rebuild may delete it
-# With val_by "source": the shipped model must still learn every class, so no class gives more than half its
-# images to validation (one large source can hold most of a class: tsunamori-novelai has 86 of 88 NovelAI).
-MAX_VAL_CLASS_SHARE = 0.5
 LICENCES_FILE = "LICENCES.md"  # named in pyproject.toml's license-files: the wheel's metadata carries it
 
 
@@ -259,7 +256,7 @@ def split_rows_for(rows: list[dict], settings: dict) -> list[dict]:
     val_by "group" (bundles built before it, and synthetic data): train:val:test by `ratios`, groups whole."""
     from animeprov.config import DEFAULT_HUMAN_CLASS
     from animeprov.crossval import fold_split
-    from animeprov.data.split import split_manifest
+    from animeprov.data.split import MAX_HELD_OUT_CLASS_SHARE, split_manifest
 
     if settings.get("val_by", "group") == "source":
         if any(not row.get("source") for row in rows):
@@ -274,7 +271,7 @@ def split_rows_for(rows: list[dict], settings: dict) -> list[dict]:
             val_by="source",
             val_share=settings["val_share"],
             seed=settings["seed"],
-            max_class_share=MAX_VAL_CLASS_SHARE,
+            max_class_share=MAX_HELD_OUT_CLASS_SHARE,
         )
     group = settings["group_column"]
     if any(group not in row for row in rows):

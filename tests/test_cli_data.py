@@ -111,3 +111,28 @@ def test_split_warns_about_small_classes_and_bad_columns(tmp_path: Path) -> None
     assert result.exit_code == 2
     result = runner.invoke(app, ["data", "split", str(manifest), "--group-column", "artist"])
     assert result.exit_code == 2 and "artist" in result.output
+
+
+def test_split_by_source_holds_out_whole_sources(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    lines = ["path,class,group,source"]
+    for source, cls, n in (("h1", "human", 6), ("h2", "human", 4), ("h3", "human", 3), ("a1", "ai", 5),
+                           ("a2", "ai", 4), ("a3", "ai", 3)):  # fmt: skip
+        lines += [f"{source}/{i}.png,{cls},,{source}" for i in range(n)]
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "split.csv"
+    result = runner.invoke(app, ["data", "split", str(manifest), "--by", "source", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(read_rows(out))
+    assert len(rows) == 25  # no class cap
+    by_split = {name: {r["source"] for r in rows if r["split"] == name} for name in ("train", "val", "test")}
+    assert not by_split["train"] & (by_split["val"] | by_split["test"])
+    assert f"test: {len(by_split['test'])} source value(s) held out" in result.stdout
+
+    result = runner.invoke(app, ["data", "split", str(manifest), "--by", "source", "--per-class", "3"])
+    assert result.exit_code == 2 and "--by keeps every image" in result.output
+    result = runner.invoke(app, ["data", "split", str(manifest), "--by", "origin"])
+    assert result.exit_code == 2 and "'origin'" in result.output
+    manifest.write_text(manifest.read_text().replace(",h2\n", ",\n", 1))  # one row without a source
+    result = runner.invoke(app, ["data", "split", str(manifest), "--by", "source"])
+    assert result.exit_code == 2 and "without a 'source' value" in result.output

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from animeprov.data.manifest import file_digest, image_path, read_columns, read_rows, write_rows
-from animeprov.data.split import CrossClassGroupWarning, split_counts, split_manifest, split_table
+from animeprov.data.split import (
+    CrossClassGroupWarning,
+    split_by_source,
+    split_counts,
+    split_manifest,
+    split_table,
+)
 
 
 def make_rows(sizes: dict[str, int], group_sizes=(1, 1, 2, 3), seed: int = 0) -> list[dict[str, str]]:
@@ -196,3 +202,50 @@ def test_write_rows_is_atomic(tmp_path: Path) -> None:
         write_rows(out, failing_rows(), ["path", "class"])
     assert out.read_bytes() == before  # the old file survives an interrupted write
     assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]  # no temp file left behind
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole sources held out (split_by_source)
+
+SOURCES = {  # source: (class, images)
+    "h1": ("human", 40), "h2": ("human", 12), "h3": ("human", 10), "h4": ("human", 9), "h5": ("human", 8),
+    "n1": ("novelai", 30), "n2": ("novelai", 3), "n3": ("novelai", 4),
+    "s1": ("sd", 12), "s2": ("sd", 10), "s3": ("sd", 8),
+}  # fmt: skip
+
+
+def source_rows() -> list[dict[str, str]]:
+    return [
+        {"path": f"{source}/{i:03d}.png", "class": cls, "source": source}
+        for source, (cls, n) in SOURCES.items()
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_split_by_source_holds_whole_sources_out_and_keeps_every_image(seed: int) -> None:
+    rows = source_rows()
+    result = split_by_source(rows, ratios=(6, 2, 2), seed=seed)
+    assert sorted(r["path"] for r in result) == sorted(r["path"] for r in rows)  # every image, once
+    sources = {name: {r["source"] for r in result if r["split"] == name} for name in ("train", "val", "test")}
+    assert not sources["val"] & sources["train"] and not sources["test"] & (sources["train"] | sources["val"])
+    assert sources["val"] and sources["test"]
+    # a human and an AI share held out where sources allow; every class still trains
+    assert {s[0] for s in sources["test"]} >= {"h"} and {s[0] for s in sources["test"]} - {"h"}
+    classes = Counter(r["class"] for r in result)
+    trained = Counter(r["class"] for r in result if r["split"] == "train")
+    assert set(trained) == set(classes)
+    # n1 holds 30 of novelai's 37 images: never held out (at most half of what is left of a class)
+    assert "n1" in sources["train"]
+    assert split_by_source(list(reversed(rows)), ratios=(6, 2, 2), seed=seed) == result  # order-free
+
+
+def test_split_by_source_refuses_rows_without_a_source_and_bad_ratios() -> None:
+    rows = source_rows()
+    rows[5] = {**rows[5], "source": ""}
+    with pytest.raises(ValueError, match="1 row\\(s\\) without a 'source' value"):
+        split_by_source(rows)
+    with pytest.raises(ValueError, match="ratios"):
+        split_by_source(source_rows(), ratios=(1, -1, 1))
+    only_train = split_by_source(source_rows(), ratios=(1, 0, 0))
+    assert {r["split"] for r in only_train} == {"train"}

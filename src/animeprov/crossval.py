@@ -34,6 +34,7 @@ from scipy.special import expit, logit
 from animeprov.checkpoint import atomic_write_text
 from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.data.manifest import SPLIT_COLUMN, image_path, read_rows, write_rows
+from animeprov.data.split import MAX_HELD_OUT_CLASS_SHARE, pick_sources, source_kinds
 from animeprov.evaluation.calibration import CALIBRATION_FORMAT
 from animeprov.progress import console
 
@@ -53,6 +54,8 @@ class CrossvalConfig:
         "source"  # "source": validate/calibrate on training sources held out; "group": random groups
     )
     val_share: float = 0.15
+    # val sources take at most this share of a class's images (folders made before it recorded none: 1.0)
+    max_val_class_share: float = MAX_HELD_OUT_CLASS_SHARE
     human_class: str = DEFAULT_HUMAN_CLASS
     only: tuple[str, ...] = ()  # run just the folds that hold out one of these values (e.g. one external set)
     workers: int = 0
@@ -87,14 +90,6 @@ def combine_manifests(manifests: Sequence[str | Path], out_csv: Path, by: str) -
         columns += [c for c in [*part[0], "dataset"] if c not in columns and c != SPLIT_COLUMN]
     write_rows(out_csv, rows, columns)
     return rows
-
-
-def source_kinds(rows: list[dict], by: str, human_class: str) -> dict[str, str]:
-    """'human' or 'ai' per source: a source is human when all its rows are; mixed sources count as ai."""
-    classes: dict[str, set[str]] = defaultdict(set)
-    for row in rows:
-        classes[row[by]].add(row["class"])
-    return {name: "human" if found == {human_class} else "ai" for name, found in sorted(classes.items())}
 
 
 def assign_folds(rows: list[dict], by: str, folds: int, human_class: str) -> list[list[str]]:
@@ -133,40 +128,15 @@ def fold_split(
     """Rows with a `split` column: test = the held-out sources; val = about `val_share` of the rest, whole
     values of the column `val_by` (default "source": a human and an AI share, so calibration sees sources
     it did not train on; falls back to `by` when rows have no such column) or whole groups per class
-    (val_by="group"); train = the remainder. A source joins val only while val holds at most
-    `max_class_share` of each class's images (the rest train)."""
+    (val_by="group"); train = the remainder. Val sources are picked by `data.split.pick_sources`, at most
+    `max_class_share` of each class's images."""
     rng = random.Random(seed)
     test = set(held_out)
     rest = [row for row in rows if row[by] not in test]
     val_keys: set[str] = set()
     if val_by != "group":
         key = val_by if rest and val_by in rest[0] else by
-        kinds = source_kinds(rest, key, human_class)
-        sizes = Counter(row[key] for row in rest)
-        classes_of: dict[str, set[str]] = defaultdict(set)
-        class_sizes = Counter(row["class"] for row in rest)
-        source_class_sizes = Counter((row[key], row["class"]) for row in rest)
-        in_val: Counter[str] = Counter()
-        for row in rest:
-            classes_of[row[key]].add(row["class"])
-        for kind in ("human", "ai"):
-            names = sorted(n for n in sizes if kinds[n] == kind)
-            rng.shuffle(names)
-            total, taken = sum(sizes[n] for n in names), 0
-            for name in names:
-                if taken >= val_share * total:
-                    break
-                # Only sources whose every class keeps another source in training: the model must know
-                # every class it is validated and calibrated on.
-                training = {c for n in sizes if n not in val_keys and n != name for c in classes_of[n]}
-                within_share = all(
-                    in_val[c] + source_class_sizes[name, c] <= max_class_share * class_sizes[c]
-                    for c in classes_of[name]
-                )
-                if classes_of[name] <= training and within_share:
-                    val_keys.add(name)
-                    taken += sizes[name]
-                    in_val.update({c: source_class_sizes[name, c] for c in classes_of[name]})
+        val_keys = pick_sources(rest, key, human_class, val_share, rng, max_class_share)
     else:
         key = "group" if rest and "group" in rest[0] else "path"
         by_class: dict[str, list[str]] = defaultdict(list)
@@ -221,6 +191,7 @@ def run_crossval(config: CrossvalConfig, out: str | Path) -> dict[str, Any]:
                 val_by=config.val_by,
                 val_share=config.val_share,
                 seed=seed,
+                max_class_share=config.max_val_class_share,
             )
             split_csv = folder / "split.csv"
             if not split_csv.exists():
@@ -280,7 +251,7 @@ def _check_settings(out: Path, config: CrossvalConfig, data_sha256: str) -> None
     settings = json.loads(json.dumps(settings))
     path = out / "crossval.json"
     if path.exists():
-        previous = json.loads(path.read_text())
+        previous = {"max_val_class_share": 1.0, **json.loads(path.read_text())}
         if previous != settings:
             changed = sorted(
                 k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k)
@@ -288,6 +259,11 @@ def _check_settings(out: Path, config: CrossvalConfig, data_sha256: str) -> None
             raise ValueError(
                 f"{out}: holds a cross-validation with other settings ({', '.join(changed)}); "
                 "choose another --out"
+                + (
+                    " (or resume it with --max-val-class-share 1)"
+                    if changed == ["max_val_class_share"]
+                    else ""
+                )
             )
         return
     atomic_write_text(path, json.dumps(settings, indent=2) + "\n")

@@ -8,6 +8,7 @@ import typer
 
 from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_HUMAN_CLASS
+from animeprov.data.split import MAX_HELD_OUT_CLASS_SHARE
 from animeprov.progress import console
 
 
@@ -27,6 +28,13 @@ def crossval(
         "else --by), or 'group': random groups.",
     ),
     val_share: float = typer.Option(0.15, min=0.01, max=0.5, help="Share of the training images for val."),
+    max_val_class_share: float = typer.Option(
+        MAX_HELD_OUT_CLASS_SHARE,
+        min=0.0,
+        max=1.0,
+        help="Val sources take at most this share of any class's training images (1: no limit, as in "
+        "folders made before this option).",
+    ),
     human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
     only: list[str] = typer.Option(
         [],
@@ -50,6 +58,7 @@ def crossval(
             seeds=tuple(int(s) for s in seeds.split(",") if s.strip()),
             val_by=val_by,
             val_share=val_share,
+            max_val_class_share=max_val_class_share,
             human_class=human_class,
             only=tuple(only),
             workers=workers,

@@ -158,19 +158,29 @@ def split(
     drop_conflicts: bool = typer.Option(
         False, "--drop-conflicts", help="Leave out groups whose images carry different classes."
     ),
+    by: str | None = typer.Option(
+        None,
+        "--by",
+        help="Hold out whole values of this column (e.g. source) as val and test: every image kept, no "
+        "class cap; what calibration needs to describe unseen sources.",
+    ),
 ) -> None:
-    """Split a manifest into train/val/test: balanced per class, groups never divided."""
+    """Split a manifest into train/val/test: balanced per class, groups never divided (or, with --by,
+    whole sources held out)."""
     from animeprov.data.manifest import SPLIT_COLUMN, SPLITS, read_columns, read_rows, write_rows
     from animeprov.data.split import split_counts, split_manifest, split_table
 
     ratio_values = _parse_ratios(ratios)
+    if by is not None and (per_class is not None or drop_conflicts):
+        raise typer.BadParameter(
+            "--by keeps every image: no --per-class or --drop-conflicts", param_hint="--by"
+        )
     try:
         columns = read_columns(manifest)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="MANIFEST") from None
-    for name in ("class", group_column):
-        if name not in columns:
-            hint = "--group-column" if name == group_column else "MANIFEST"
+    for name, hint in (("class", "MANIFEST"), (group_column, "--group-column"), (by, "--by")):
+        if name is not None and name not in columns and not (hint == "--group-column" and by):
             raise typer.BadParameter(
                 f"{manifest} has no {name!r} column ({', '.join(columns)})", param_hint=hint
             )
@@ -180,6 +190,9 @@ def split(
         console.print(f"error: {manifest} has no rows", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(1)
     available = dict(sorted(Counter(row["class"] for row in rows).items()))
+    if by is not None:
+        _split_by_column(manifest, rows, columns, out, ratio_values, seed, by)
+        return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         selected = split_manifest(
@@ -224,6 +237,38 @@ def split(
     stdout.print(
         f"{len(selected)} of {len(rows)} images in the split{left_out}; split: {out}", soft_wrap=True
     )
+
+
+def _split_by_column(
+    manifest: Path, rows: list[dict], columns: list[str], out: Path, ratios: tuple, seed: int, by: str
+) -> None:
+    """`data split --by COLUMN`: whole values held out as val and test (`data.split.split_by_source`)."""
+    from animeprov.data.manifest import SPLIT_COLUMN, SPLITS, write_rows
+    from animeprov.data.split import split_by_source, split_counts, split_table
+
+    try:
+        selected = split_by_source(rows, ratios=ratios, seed=seed, source_column=by)
+    except ValueError as error:
+        raise typer.BadParameter(f"{manifest}: {error}", param_hint="--by") from None
+    fieldnames = [name for name in columns if name != SPLIT_COLUMN] + [SPLIT_COLUMN]
+    write_rows(out, selected, fieldnames, source_csv=manifest)
+    counts = split_counts(selected)
+    stdout.print(split_table(counts, dict(sorted(Counter(row["class"] for row in rows).items()))))
+    for cls, per_split in counts.items():
+        empty = [
+            name for name, ratio in zip(SPLITS, ratios, strict=True) if ratio > 0 and not per_split.get(name)
+        ]
+        if empty:
+            _warn(
+                f"class {cls}: no {' or '.join(empty)} images (held out only as whole {by} values, and it "
+                "has too few of them)"
+            )
+    for name in ("val", "test"):
+        values = sorted({row[by] for row in selected if row[SPLIT_COLUMN] == name})
+        stdout.print(
+            f"{name}: {len(values)} {by} value(s) held out: {', '.join(values) or 'none'}", soft_wrap=True
+        )
+    stdout.print(f"{len(selected)} images, split by {by!r}; split: {out}", soft_wrap=True)
 
 
 @data_app.command("prompts")

@@ -14,6 +14,10 @@ order), each go to the split whose per-class target is furthest from being met.
 A group whose rows carry different classes (e.g. one image filed under two classes) is a label
 conflict; it is kept whole under the class of most of its rows and reported with a warning, or
 left out entirely with `drop_conflicts=True`.
+
+`split_by_source` splits by where images came from instead: val and test are whole sources never seen in
+training (the split that calibration and evaluation need to say anything about unseen sources), every
+image kept, no class cap.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from collections.abc import Iterable, Sequence
 from rich.table import Table
 
 from animeprov.data.manifest import SPLIT_COLUMN, SPLITS
+
+# Held-out sources (`pick_sources`) may take at most this share of a class's images: one large source can
+# hold most of a class (86 of the 88 NovelAI images come from one), and a model must still train on it.
+MAX_HELD_OUT_CLASS_SHARE = 0.5
 
 
 class CrossClassGroupWarning(UserWarning):
@@ -168,3 +176,92 @@ def _warn_cross_class(groups: dict[str, list[dict[str, str]]], group_column: str
             CrossClassGroupWarning,
             stacklevel=3,
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole sources held out
+
+
+def source_kinds(rows: list[dict], by: str, human_class: str) -> dict[str, str]:
+    """'human' or 'ai' per source: a source is human when all its rows are; mixed sources count as ai."""
+    classes: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        classes[row[by]].add(row["class"])
+    return {name: "human" if found == {human_class} else "ai" for name, found in sorted(classes.items())}
+
+
+def pick_sources(
+    rows: list[dict],
+    by: str,
+    human_class: str,
+    share: float,
+    rng: random.Random,
+    max_class_share: float = 1.0,
+) -> set[str]:
+    """Whole values of `by` taking about `share` of the human images and `share` of the AI images, in
+    `rng`'s shuffled order. A source is taken only if every class of it keeps another source among the
+    rest (a model must train on every class it is judged on) and the taken ones then hold at most
+    `max_class_share` of each class's images."""
+    kinds = source_kinds(rows, by, human_class)
+    sizes = Counter(row[by] for row in rows)
+    class_sizes = Counter(row["class"] for row in rows)
+    source_class_sizes = Counter((row[by], row["class"]) for row in rows)
+    classes_of: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        classes_of[row[by]].add(row["class"])
+    picked: set[str] = set()
+    in_picked: Counter[str] = Counter()
+    for kind in ("human", "ai"):
+        names = sorted(n for n in sizes if kinds[n] == kind)
+        rng.shuffle(names)
+        total, taken = sum(sizes[n] for n in names), 0
+        for name in names:
+            if taken >= share * total:
+                break
+            remaining = {c for n in sizes if n not in picked and n != name for c in classes_of[n]}
+            within_share = all(
+                in_picked[c] + source_class_sizes[name, c] <= max_class_share * class_sizes[c]
+                for c in classes_of[name]
+            )
+            if classes_of[name] <= remaining and within_share:
+                picked.add(name)
+                taken += sizes[name]
+                in_picked.update({c: source_class_sizes[name, c] for c in classes_of[name]})
+    return picked
+
+
+def split_by_source(
+    rows: Iterable[dict[str, str]],
+    *,
+    ratios: Sequence[float] = (8, 1, 1),
+    seed: int = 0,
+    source_column: str = "source",
+    human_class: str = "human",
+    max_class_share: float = MAX_HELD_OUT_CLASS_SHARE,
+) -> list[dict[str, str]]:
+    """Every row, copied with a `split` column, sorted by path: test and then val are whole sources
+    (`pick_sources`: about their ratio's share of the human and of the AI images, each taking at most
+    `max_class_share` of what is left of a class), train the rest. Raises ValueError for bad ratios or a
+    row without a `source_column` value."""
+    rows = list(rows)
+    train_ratio, val_ratio, test_ratio = _check_ratios(ratios)
+    test_share = test_ratio / (train_ratio + val_ratio + test_ratio)
+    missing = [row.get("path", row) for row in rows if not row.get(source_column)]
+    if missing:
+        raise ValueError(f"{len(missing)} row(s) without a {source_column!r} value, e.g. {missing[0]!r}")
+    rng = random.Random(seed)
+    test = (
+        pick_sources(rows, source_column, human_class, test_share, rng, max_class_share)
+        if test_ratio
+        else set()
+    )
+    rest = [row for row in rows if row[source_column] not in test]
+    val_share = val_ratio / (train_ratio + val_ratio)
+    val = (
+        pick_sources(rest, source_column, human_class, val_share, rng, max_class_share)
+        if val_ratio
+        else set()
+    )
+    split_of = {name: "test" for name in test} | {name: "val" for name in val}
+    out = [{**row, SPLIT_COLUMN: split_of.get(row[source_column], "train")} for row in rows]
+    return sorted(out, key=lambda row: row["path"])
