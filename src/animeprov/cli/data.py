@@ -179,8 +179,9 @@ def split(
         columns = read_columns(manifest)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="MANIFEST") from None
-    for name, hint in (("class", "MANIFEST"), (group_column, "--group-column"), (by, "--by")):
-        if name is not None and name not in columns and not (hint == "--group-column" and by):
+    needed = {"class": "MANIFEST"} | ({by: "--by"} if by is not None else {group_column: "--group-column"})
+    for name, hint in needed.items():
+        if name not in columns:
             raise typer.BadParameter(
                 f"{manifest} has no {name!r} column ({', '.join(columns)})", param_hint=hint
             )
@@ -191,7 +192,7 @@ def split(
         raise typer.Exit(1)
     available = dict(sorted(Counter(row["class"] for row in rows).items()))
     if by is not None:
-        _split_by_column(manifest, rows, columns, out, ratio_values, seed, by)
+        _split_by_column(manifest, rows, columns, available, out, ratio_values, seed, by)
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -240,7 +241,14 @@ def split(
 
 
 def _split_by_column(
-    manifest: Path, rows: list[dict], columns: list[str], out: Path, ratios: tuple, seed: int, by: str
+    manifest: Path,
+    rows: list[dict],
+    columns: list[str],
+    available: dict[str, int],
+    out: Path,
+    ratios: tuple,
+    seed: int,
+    by: str,
 ) -> None:
     """`data split --by COLUMN`: whole values held out as val and test (`data.split.split_by_source`)."""
     from animeprov.data.manifest import SPLIT_COLUMN, SPLITS, write_rows
@@ -253,7 +261,7 @@ def _split_by_column(
     fieldnames = [name for name in columns if name != SPLIT_COLUMN] + [SPLIT_COLUMN]
     write_rows(out, selected, fieldnames, source_csv=manifest)
     counts = split_counts(selected)
-    stdout.print(split_table(counts, dict(sorted(Counter(row["class"] for row in rows).items()))))
+    stdout.print(split_table(counts, available))
     for cls, per_split in counts.items():
         empty = [
             name for name, ratio in zip(SPLITS, ratios, strict=True) if ratio > 0 and not per_split.get(name)
