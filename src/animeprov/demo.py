@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from animeprov.data.manifest import image_path, read_rows, write_rows
@@ -72,9 +73,61 @@ def run_demo(
     report_path = out / "report.md"
     report_path.write_text(
         _demo_markdown(results, out=out, per_class=per_class, size=size, epochs=epochs, seed=seed)
+        + _stability_markdown(out / "runs" / DEMO_VARIANTS[0], split_csv)
         + _reference_markdown(split_csv)
     )
     return report_path
+
+
+def verdict_counts(run: Path, split_csv: Path, checks: tuple[str, ...]) -> dict[str, Counter]:
+    """Verdict counts on the run's test images, human and generated apart, with the given stability
+    checks (() as `predict --no-stability`); "unstable" counts the `unsure` ones the checks made."""
+    from animeprov.data.dataset import read_split_rows
+    from animeprov.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(run, device="cpu", checks=checks)
+    rows = list(read_split_rows(split_csv, "test"))
+    counts: dict[str, Counter] = {"human": Counter(), "generated": Counter()}
+    results = predictor.predict_many(image_path(split_csv, row) for row in rows)
+    for row, result in zip(rows, results, strict=True):
+        kind = "human" if row["class"] == predictor.human_class else "generated"
+        counts[kind][result.verdict or "error"] += 1
+        counts[kind]["unstable"] += (result.reason or "").startswith("unstable")
+    return counts
+
+
+def _stability_markdown(run: Path, split_csv: Path) -> str:
+    """What `predict` will answer with the DCT model, with and without the stability checks: a model
+    trained without compression can hold traces that one JPEG pass erases, and then `predict` says
+    `unsure` for images the test metrics above count as right."""
+    from animeprov.predict import STABILITY_CHECKS
+
+    rows = []
+    for label, checks in (("default", STABILITY_CHECKS), ("`--no-stability`", ())):
+        counts = verdict_counts(run, split_csv, checks)
+        for kind, found in counts.items():
+            rows.append([label, kind, found["artist"], found["unsure"], found["unstable"], found["ai"]])
+    unstable = sum(row[4] for row in rows[:2])
+    images = sum(row[2] + row[3] + row[5] for row in rows[:2])
+    checks = ", ".join(STABILITY_CHECKS)
+    reading = (
+        f"{unstable} of the {images} test images are `unsure` by default because the verdict flips under "
+        f"one of {checks} (reason `unstable`): this model trained without compression, and a trace that "
+        "one re-encoding erases is not evidence to act on. `--no-stability` shows the model's own verdicts."
+        if unstable
+        else f"No verdict flipped under {checks}."
+    )
+    return "\n".join(
+        [
+            "",
+            "Verdicts of the DCT model on its test images, as `animeprov predict` gives them:",
+            "",
+            markdown_table(["predict", "test images", "artist", "unsure", "of which unstable", "ai"], rows),
+            "",
+            reading,
+            "",
+        ]
+    )
 
 
 def _reference_markdown(split_csv: Path, per_class: int = 1) -> str:
