@@ -220,6 +220,18 @@ def test_abstention_reasons_on_constructed_cases(judged, checks, expected):
     assert abstention_reason(judged, checks, _calibration()) == expected
 
 
+def test_reason_kinds_name_each_reason_of_a_combined_abstention():
+    from animeprov.predict import abstention_reason, reason_kinds
+
+    checks = {
+        "familiarity": {"distance": 3.0, "threshold": 2.0},
+        "jpeg:90": {"verdict": "artist", "p_generated": 0.1},
+    }
+    reason = abstention_reason({"verdict": "ai", "p_generated": 0.9}, checks, _calibration())
+    assert reason_kinds(reason) == ["unfamiliar", "unstable"]
+    assert reason_kinds(None) == []
+
+
 def test_stability_variants():
     from animeprov.predict import stability_variant
 

@@ -83,7 +83,7 @@ def verdict_counts(run: Path, split_csv: Path, checks: tuple[str, ...]) -> dict[
     """Verdict counts on the run's test images, human and generated apart, with the given stability
     checks (() as `predict --no-stability`); "unstable" counts the `unsure` ones the checks made."""
     from animeprov.data.dataset import read_split_rows
-    from animeprov.predict import Predictor
+    from animeprov.predict import Predictor, reason_kinds
 
     predictor = Predictor.from_checkpoint(run, device="cpu", checks=checks)
     rows = list(read_split_rows(split_csv, "test"))
@@ -92,7 +92,7 @@ def verdict_counts(run: Path, split_csv: Path, checks: tuple[str, ...]) -> dict[
     for row, result in zip(rows, results, strict=True):
         kind = "human" if row["class"] == predictor.human_class else "generated"
         counts[kind][result.verdict or "error"] += 1
-        counts[kind]["unstable"] += (result.reason or "").startswith("unstable")
+        counts[kind]["unstable"] += reason_kinds(result.reason) == ["unstable"]
     return counts
 
 
@@ -102,13 +102,15 @@ def _stability_markdown(run: Path, split_csv: Path) -> str:
     `unsure` for images the test metrics above count as right."""
     from animeprov.predict import STABILITY_CHECKS
 
-    rows = []
-    for label, checks in (("default", STABILITY_CHECKS), ("`--no-stability`", ())):
-        counts = verdict_counts(run, split_csv, checks)
-        for kind, found in counts.items():
-            rows.append([label, kind, found["artist"], found["unsure"], found["unstable"], found["ai"]])
-    unstable = sum(row[4] for row in rows[:2])
-    images = sum(row[2] + row[3] + row[5] for row in rows[:2])
+    checked = verdict_counts(run, split_csv, STABILITY_CHECKS)
+    plain = verdict_counts(run, split_csv, ())
+    rows = [
+        [label, kind, found["artist"], found["unsure"], found["unstable"], found["ai"]]
+        for label, counts in (("default", checked), ("`--no-stability`", plain))
+        for kind, found in counts.items()
+    ]
+    unstable = sum(found["unstable"] for found in checked.values())
+    images = sum(found[verdict] for found in checked.values() for verdict in ("artist", "unsure", "ai"))
     checks = ", ".join(STABILITY_CHECKS)
     reading = (
         f"{unstable} of the {images} test images are `unsure` by default because the verdict flips under "
@@ -135,7 +137,7 @@ def _reference_markdown(split_csv: Path, per_class: int = 1) -> str:
     images: one per class. They are synthetic drawings, not what that model was trained on."""
     from animeprov.data.dataset import read_split_rows
     from animeprov.io import ImageError
-    from animeprov.predict import Predictor
+    from animeprov.predict import Predictor, reason_kinds
     from animeprov.reference import BundleError, card_summary
 
     try:
@@ -156,7 +158,7 @@ def _reference_markdown(split_csv: Path, per_class: int = 1) -> str:
             except ImageError as error:
                 rows.append([path.name, cls, "error", "", "", str(error)])
                 continue
-            why = "; ".join(part.split(":")[0] for part in (result.reason or "").split("; ") if part)
+            why = "; ".join(reason_kinds(result.reason))
             generator = result.generator or ""
             rows.append([path.name, cls, result.verdict or "-", generator, round(result.p_generated, 3), why])
     console.print("the reference model on a few demo images: see the end of the report")

@@ -829,6 +829,11 @@ def abstention_reason(judged: dict[str, Any], checks: dict[str, Any], calibratio
     return "; ".join(reasons) or None
 
 
+def reason_kinds(reason: str | None) -> list[str]:
+    """The kinds of an `abstention_reason`, in order: "between the thresholds", "unfamiliar", "unstable"."""
+    return [part.split(":")[0] for part in (reason or "").split("; ") if part]
+
+
 def _default_device(requested: str) -> torch.device:
     """select_device, plus the local GPU of this process under torchrun (LOCAL_RANK)."""
     device = select_device(requested)
