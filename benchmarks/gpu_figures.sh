@@ -22,5 +22,6 @@ timeout 130 "$PYTHON" benchmarks/train_recipe_throughput.py --work /tmp/animepro
     --precision auto --workers 6 --threads 4 --epochs 3 --images 200 >"$out/train_recipes.json" 2>"$out/train_recipes.err"
 echo "train_recipe_throughput: exit $?"
 timeout 120 "$PYTHON" benchmarks/predict_throughput.py --work /tmp/animeprov-bench-predict --files 1500 \
-    --unique 200 --skip-in-process --workers 8 --device cuda ${CROPS:+--crops "$CROPS"} >"$out/predict.json" 2>"$out/predict.err"
+    --unique 200 --skip-in-process --pipelines default,default_stability,baseline --workers 8 --device cuda \
+    ${CROPS:+--crops "$CROPS"} >"$out/predict.json" 2>"$out/predict.err"
 echo "predict_throughput: exit $?"

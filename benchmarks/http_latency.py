@@ -7,23 +7,26 @@ HTTP connection, together send `--requests` POST /v1/predict uploads of the same
 95th-percentile latency, requests per second, and the ratios to the baseline model measured in the same run.
 
 Models:
-- `reference`: what `animeprov serve` serves without a run, the bundled reference model (its variant is
-  printed; 64 px tiles: 64 per 512 px upload) with its calibration, familiarity and stability checks.
-  The checks (JPEG 90, WebP 90, 4 px shift: three more model passes) run only when the verdict would
-  otherwise be committed, so the cost of a request depends on the image: hence two uploads (below).
-- `baseline`: what this benchmark measured before (docs/serve.md): a throwaway run written first,
+- `reference`: what `animeprov serve` serves without a run or options: the bundled reference model (its
+  variant is printed; 64 px tiles, at most 16 of a 512 px upload's 64) with its calibration and familiarity
+  check, in onnxruntime when it is installed (`--backend auto`), no stability checks;
+- `reference_torch` (`--backend torch`), `reference_stability` (`--stability`: JPEG 90, WebP 90 and a 4 px
+  shift, three more model passes, run only when the verdict would otherwise be committed, so the cost of
+  a request depends on the image: hence two uploads, below);
+- `previous_default`: what `serve` served by default until 2026-12-05: every tile, the stability checks,
+  PyTorch;
+- `baseline`: what this benchmark measured first (docs/serve.md): a throwaway run written first,
   `--variant` (cnn-dct-mask) at `--size`, RANDOM-INITIALISED weights with the DCT stem statistics fitted on
-  a few noise images, no calibration (so no checks). Its verdicts mean nothing; its cost per request is that
-  of a trained model of the same variant and size.
-- `reference_tiles16`: the reference model with `--max-tiles 16`, 16 of the 64 tiles
-  spread over the upload.
+  a few noise images, no calibration (so no checks), in PyTorch. Its verdicts mean nothing; its cost per
+  request is that of a trained model of the same variant and size.
 - `--run PATH`: also an existing run folder.
 
 Uploads:
 - `synthetic_png`: a smooth picture with mild noise, a PNG (the reference model finds it "unsure": no checks);
 - `committed_jpeg`: the first of a few 512 px JPEG mosaics of ../shared/data/anime-real-256 crops (as in
-  predict_throughput.py) whose reference verdict is committed, so its stability checks run (left out when
-  that data is missing or no candidate qualifies). Each result says whether the checks ran.
+  predict_throughput.py) whose reference verdict is committed, so the stability checks run for it when
+  asked for (left out when that data is missing or no candidate qualifies). Each result says whether the
+  checks ran.
 
     flock /tmp/animeprov-heavy.lock .venv/bin/python benchmarks/http_latency.py --clients 8 --requests 160
 """
@@ -54,13 +57,13 @@ from animeprov.models import create_model
 from animeprov.transforms.stem import fit_stem_statistics
 
 CLASSES = [DEFAULT_HUMAN_CLASS, "gen-a", "gen-b", "gen-c", "gen-d"]  # five, as in the paper
-MODELS = ("reference", "baseline", "reference_tiles16", "reference_onnx", "reference_tiles16_onnx")
-# `serve` options of a model beyond its run: reference_tiles16 judges 16 of a 512 px upload's 64 tiles;
-# *_onnx runs the model in onnxruntime (`--backend onnx`)
+MODELS = ("reference", "reference_torch", "reference_stability", "previous_default", "baseline")
+# `serve` options of each model beyond its run (see the module's docstring)
 SERVE_OPTIONS = {
-    "reference_tiles16": ["--max-tiles", "16"],
-    "reference_onnx": ["--backend", "onnx"],
-    "reference_tiles16_onnx": ["--max-tiles", "16", "--backend", "onnx"],
+    "reference_torch": ["--backend", "torch"],
+    "reference_stability": ["--stability"],
+    "previous_default": ["--max-tiles", "0", "--stability", "--backend", "torch"],
+    "baseline": ["--backend", "torch"],
 }
 
 
@@ -97,15 +100,15 @@ def test_image(size: int, seed: int = 0) -> bytes:
 
 def committed_jpeg(size: int, candidates: int = 12) -> tuple[bytes, str] | None:
     """(bytes, name) of the first mosaic JPEG whose reference-model verdict is committed (artist or ai), so
-    the stability checks run for it; None without ../shared data or when none qualifies."""
+    the stability checks run for it when asked for; None without ../shared data or when none qualifies."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from predict_throughput import SHARED_CROPS, make_jpegs
 
-    from animeprov.predict import Predictor
+    from animeprov.predict import STABILITY_CHECKS, Predictor
 
     if not SHARED_CROPS.is_dir():
         return None
-    predictor = Predictor.reference(device="cpu")
+    predictor = Predictor.reference(device="cpu", checks=STABILITY_CHECKS)
     with tempfile.TemporaryDirectory(prefix="animeprov-http-bench-jpegs-") as folder:
         for path in make_jpegs(Path(folder), candidates, size, seed=1):
             if any(name != "familiarity" for name in predictor.predict(path).checks):
@@ -344,7 +347,7 @@ def main() -> None:
     model_names: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="animeprov-http-bench-") as scratch:
         for name in models:
-            if name.startswith("reference"):
+            if name != "baseline":
                 model_names[name] = (
                     f"the bundled reference model (`serve` without a run): {reference_model()}"
                     + "".join(f" {option}" for option in SERVE_OPTIONS.get(name, []))
@@ -356,11 +359,11 @@ def main() -> None:
                     f"{args.variant} at {args.size} px, random-initialised, DCT stem fitted on 16 noise "
                     "images"
                 )
-                results[name] = measure(run, uploads, args)
+                results[name] = measure(run, uploads, args, options=SERVE_OPTIONS[name])
             if args.omp_passive:
                 model_names[f"{name}+omp_passive"] = model_names[name] + ", OMP_WAIT_POLICY=PASSIVE"
                 results[f"{name}+omp_passive"] = measure(
-                    None if name.startswith("reference") else run,
+                    None if name != "baseline" else run,
                     uploads,
                     args,
                     {"OMP_WAIT_POLICY": "PASSIVE"},

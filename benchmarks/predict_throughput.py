@@ -2,27 +2,25 @@
 prints JSON.
 
     flock /tmp/animeprov-heavy.lock .venv/bin/python benchmarks/predict_throughput.py \
-        --work runs/bench-predict --files 20000
+        --work runs/bench-predict --files 20000 --pipelines default,baseline
 
 1. Inputs: `--unique` 512x512 JPEGs (quality 90), each a mosaic of four 256 px crops from
    ../shared/data/anime-real-256 beside the checkout (random pixels if that is missing), hard-linked under
    `--files` names in folders of 1000, so the long run reads many distinct paths without their disk space.
-2. Pipelines, measured in the same run so that their ratios survive a noisy machine:
+2. Pipelines (`PIPELINES`), measured in the same run so that their ratios survive a noisy machine:
    - `default`: what `animeprov predict FOLDER` does: the bundled reference model (its variant is printed;
-     64 px tiles, 64 per 512 px image) with its calibration, familiarity check and stability checks (JPEG 90,
-     WebP 90, 4 px shift; they run only for a verdict that would otherwise be committed);
-   - `default_no_stability`: the same with `--no-stability`;
-   - `baseline`: the pipeline this benchmark measured before (README's 49.9 images/s): an untrained
+     64 px tiles, at most 16 of a 512 px image's 64) with its calibration and familiarity check, in
+     onnxruntime when it is installed (`--backend auto`);
+   - `default_torch` (`--backend torch`), `default_bf16` (PyTorch, `--precision bf16`),
+     `default_stability` (`--stability`: JPEG 90, WebP 90 and 4 px shift checks, run only for a verdict
+     that would otherwise be committed), `default_every_tile` (`--max-tiles 0`);
+   - `previous_default`: what the command did by default until 2026-12-05: every tile, the stability checks,
+     PyTorch;
+   - `baseline`: the pipeline this benchmark measured first (README's 49.9 images/s): an untrained
      cnn-dct-mask at `--size` (512: one crop per image) with random DCT statistics and a calibration.json,
-     run with `--no-stability` as then (there were no stability checks). Throughput does not depend on the
-     weights' values;
-   - `default_bf16`, `default_no_stability_bf16`: the first two with `--precision bf16` (bfloat16
-     autocast); `default_tiles16`, `default_no_stability_tiles16`: with `--max-tiles 16` (16 of the 64
-     tiles, spread over the image); `default_no_stability_tiles16_bf16`: both; NAME_onnx: NAME with
-     `--backend onnx` (the model's forward pass in onnxruntime, float32; measured in process at the
-     default number of threads only, as a session keeps the threads it was made with). The in-process
-     part also reports how far their predictions are from those of the same pipeline in PyTorch fp32 over
-     every tile.
+     in PyTorch, no checks. Throughput does not depend on the weights' values.
+   In process, each pipeline's predictions are compared with another's (`COMPARED_WITH`): the largest
+   P(generated) difference and the share of verdicts and of 0.5 decisions that differ.
 3. In one process on the first `--in-process-files` files: reading, decoding, evidence and views alone
    (`prepare`), then `predict_many` of each pipeline at 1 and at the default number of threads, in
    `--rounds` interleaved rounds (median images/s), with the share of images whose stability checks ran.
@@ -30,7 +28,14 @@ prints JSON.
    the files for each pipeline in `--pipelines` (start-up, walking, decoding, evidence, model, checks, JSON
    writing included), with the resident memory (RSS) of it and its worker processes and the number of
    rows written sampled every `--every` seconds; the share of rows whose checks ran is read from OUT.
-Ratios are against `baseline` (> 1: faster than it).
+Ratios are against `baseline` (> 1: faster than it). The long run and the other pipelines, as measured
+for docs/predict.md:
+
+    flock /tmp/animeprov-heavy.lock .venv/bin/python benchmarks/predict_throughput.py \
+        --work runs/bench-predict --files 20000 --pipelines default,baseline
+    flock /tmp/animeprov-heavy.lock .venv/bin/python benchmarks/predict_throughput.py \
+        --work runs/bench-predict --files 1000 --skip-in-process \
+        --pipelines default,default_torch,default_bf16,default_stability,default_every_tile,previous_default
 """
 
 from __future__ import annotations
@@ -44,7 +49,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -111,78 +115,49 @@ def make_run(folder: Path, size: int, classes: list[str]) -> Path:
     return folder
 
 
-# NAME_bf16: NAME with `--precision bf16` (bfloat16 autocast; fast on CPUs with avx512_bf16 or AMX).
-# NAME_tilesK: NAME with `--max-tiles K` (K of the 64 tiles of a 512 px image, spread over it).
-# NAME_onnx: NAME with `--backend onnx` (the forward pass in onnxruntime).
-PIPELINES = (
-    "default",
-    "default_no_stability",
-    "baseline",
-    "default_bf16",
-    "default_no_stability_bf16",
-    "default_tiles16",
-    "default_no_stability_tiles16",
-    "default_no_stability_tiles16_bf16",
-    "default_onnx",
-    "default_no_stability_onnx",
-    "default_no_stability_tiles16_onnx",
-)
-BASES = ("default", "default_no_stability", "baseline")
-
-
-class Pipeline(NamedTuple):
-    base: str
-    precision: str = "auto"
-    max_tiles: int | None = None
-    backend: str = "torch"
-
-
-def parse_pipeline(name: str) -> Pipeline:
-    """A pipeline name such as default_no_stability_tiles16_bf16 or default_onnx, read: the base pipeline,
-    then an optional tile budget (_tilesN), then _bf16 (precision) or _onnx (onnxruntime backend)."""
-    base, precision, backend = name, "auto", "torch"
-    if base.endswith("_bf16"):
-        base, precision = base.removesuffix("_bf16"), "bf16"
-    elif base.endswith("_onnx"):
-        base, backend = base.removesuffix("_onnx"), "onnx"
-    head, _, tiles = base.rpartition("_tiles")
-    max_tiles = None
-    if head and tiles.isdigit():
-        base, max_tiles = head, int(tiles)
-    if base not in BASES:
-        raise ValueError(f"unknown pipeline {name!r}; e.g. {', '.join(PIPELINES)}")
-    return Pipeline(base, precision, max_tiles, backend)
+# Each pipeline as `predict` options (the baseline's also name its run). `default` is `animeprov predict
+# FOLDER` as it is now: at most 16 tiles, no stability checks, onnxruntime where installed (backend auto);
+# `previous_default` is what that command did until 2026-12-05: every tile, the checks, PyTorch.
+PIPELINES = {
+    "default": [],
+    "default_torch": ["--backend", "torch"],
+    "default_bf16": ["--backend", "torch", "--precision", "bf16"],
+    "default_stability": ["--stability"],
+    "default_every_tile": ["--max-tiles", "0"],
+    "previous_default": ["--max-tiles", "0", "--stability", "--backend", "torch"],
+    "baseline": ["--backend", "torch"],
+}
+# Whose predictions each pipeline's are compared with in process (how many verdicts the change moves).
+COMPARED_WITH = {
+    "default": "previous_default",
+    "default_torch": "default",
+    "default_bf16": "default_torch",
+    "default_stability": "default",
+    "default_every_tile": "default",
+}
 
 
 def pipeline_args(name: str, baseline_run: Path) -> list[str]:
-    """The `predict` arguments (before the paths) that select a pipeline's model, checks, precision, tile
-    budget and backend."""
-    pipeline = parse_pipeline(name)
-    args = {"default": [], "default_no_stability": ["--no-stability"]}.get(
-        pipeline.base, [str(baseline_run), "--no-stability"]
-    )
-    if pipeline.precision != "auto":
-        args += ["--precision", pipeline.precision]
-    if pipeline.max_tiles is not None:
-        args += ["--max-tiles", str(pipeline.max_tiles)]
-    if pipeline.backend != "torch":
-        args += ["--backend", pipeline.backend]
-    return args
+    """The `predict` arguments (before the paths) of a pipeline."""
+    if name not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; choose among {', '.join(PIPELINES)}")
+    return ([str(baseline_run)] if name == "baseline" else []) + PIPELINES[name]
 
 
 def make_predictor(name: str, baseline_run: Path):
+    """The Predictor that `predict` builds from the pipeline's options."""
+    from animeprov.config import DEFAULT_MAX_TILES
     from animeprov.predict import STABILITY_CHECKS, Predictor
 
-    pipeline = parse_pipeline(name)
-    run = baseline_run if pipeline.base == "baseline" else "reference"
-    checks = STABILITY_CHECKS if pipeline.base == "default" else ()
+    options = PIPELINES[name]
+    value = {flag: options[i + 1] for i, flag in enumerate(options[:-1])}  # each flag's value: the next word
     return Predictor.from_checkpoint(
-        run,
+        baseline_run if name == "baseline" else "reference",
         device="cpu",
-        checks=checks,
-        precision=pipeline.precision,
-        max_tiles=pipeline.max_tiles,
-        backend=pipeline.backend,
+        checks=STABILITY_CHECKS if "--stability" in options else (),
+        precision=value.get("--precision", "auto"),
+        max_tiles=int(value.get("--max-tiles", DEFAULT_MAX_TILES)) or None,
+        backend=value.get("--backend", "auto"),
     )
 
 
@@ -234,11 +209,10 @@ def in_process(baseline_run: Path, files: list[Path], args: argparse.Namespace) 
         for key, value in medians.items()
     }
     results["share_of_images_checked"] = checked
-    # each bf16 or tile-budget pipeline against the same pipeline in fp32 over every tile
-    results["against_fp32_every_tile"] = {
-        name: agreement(last[parse_pipeline(name).base], last[name])
-        for name in last
-        if parse_pipeline(name).base != name
+    results["compared"] = {
+        f"{name}_against_{other}": agreement(last[other], last[name])
+        for name, other in COMPARED_WITH.items()
+        if name in last and other in last
     }
     results["batch_size"] = {
         name: args.batch_size or default_batch_size(predictor.size) for name, predictor in predictors.items()
@@ -420,7 +394,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--pipelines",
-        default=",".join(PIPELINES),
+        default="default,baseline",
         help=f"Comma-separated pipelines to run end to end (of {', '.join(PIPELINES)}).",
     )
     parser.add_argument(
@@ -469,11 +443,9 @@ def main() -> None:
             "load_average_before": [round(v, 2) for v in os.getloadavg()],
         },
         "pipelines": {
-            "default": f"reference model ({reference_model()}), stability checks on",
-            "default_no_stability": "reference model, --no-stability",
-            "baseline": f"untrained cnn-dct-mask at {args.size} px, {len(classes)} classes, --no-stability",
-            "*_bf16": "the same with --precision bf16",
-            "*_tilesK": "the same with --max-tiles K (K of a 512 px image's 64 tiles)",
+            "reference_model": reference_model(),
+            "baseline_model": f"untrained cnn-dct-mask at {args.size} px, {len(classes)} classes",
+            "predict_options": PIPELINES,
         },
         "inputs": {
             "unique_jpegs": len(unique),

@@ -15,7 +15,14 @@ threshold would give on these images (a ceiling, not a result); then mean and sd
         --budgets 12,9,8,4,2,1
 
 The development sets are 256 px crops: with the default recipe's 64 px tiles, 16 tiles per image, so a
-budget of 4 keeps a quarter of them, as 16 would of a 512 px image's 64.
+budget of 4 keeps a quarter of them, as 16 would of a 512 px image's 64. `--mosaic` judges 512 px images
+instead: each is four held-out images of one source (same fold and seed, in path order; a source's last
+one to three images are left out) side by side, 2x2, whose 64 tiles are exactly those four images' tiles,
+so their log-probabilities are reused; budgets then apply to the 8x8 grid, as `predict --max-tiles` does to
+a 512 px file:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tile_budget.py runs/gen-vn/default-cap \
+        --mosaic --budgets 32,16,8
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ def judged_tiles(folder: Path) -> list[dict]:
         )
         human = predictor.classes.index(predictor.human_class)
         seed = int(predictions.parent.name.removeprefix("seed-"))
+        fold = predictions.parent.parent.name
         for line in predictions.read_text().splitlines():
             row = json.loads(line)
             if row["error"] is not None:
@@ -62,6 +70,8 @@ def judged_tiles(folder: Path) -> list[dict]:
             images.append(
                 {
                     "seed": seed,
+                    "fold": fold,
+                    "source": row["source"],
                     "path": row["path"],
                     "generated": row["class"] != predictor.human_class,
                     "human": human,
@@ -72,6 +82,36 @@ def judged_tiles(folder: Path) -> list[dict]:
                 }
             )
     return images
+
+
+def mosaics(images: list[dict]) -> list[dict]:
+    """2x2 mosaics of four same-size images of one source, fold and seed: a 4x larger image whose tiles
+    are theirs, each image's corners offset to its quarter. Only images whose sides are whole tiles (the
+    mosaic's tile grid is then the union of theirs)."""
+    groups = defaultdict(list)
+    for image in images:
+        if not any(side % image["size"] for side in image["shape"]):
+            groups[image["seed"], image["fold"], image["source"], image["shape"]].append(image)
+    made = []
+    for (*_, (height, width)), members in sorted(groups.items(), key=lambda item: str(item[0])):
+        members.sort(key=lambda image: image["path"])
+        for start in range(0, len(members) - 3, 4):
+            quarter = members[start : start + 4]
+            offsets = [(0, 0), (0, width), (height, 0), (height, width)]
+            made.append(
+                {
+                    **{key: quarter[0][key] for key in ("seed", "generated", "human", "size")},
+                    "path": "+".join(image["path"] for image in quarter),
+                    "shape": (2 * height, 2 * width),
+                    "corners": [
+                        (top + dy, left + dx)
+                        for image, (dy, dx) in zip(quarter, offsets, strict=True)
+                        for top, left in image["corners"]
+                    ],
+                    "log_probs": np.concatenate([image["log_probs"] for image in quarter]),
+                }
+            )
+    return made
 
 
 def p_generated(image: dict, max_tiles: int | None, per_class: bool = False) -> float:
@@ -129,11 +169,17 @@ def main() -> None:
     )
     parser.add_argument("folder", type=Path, help="a finished `animeprov crossval --out` folder")
     parser.add_argument("--budgets", default="16,8,4,2,1", help="comma-separated --max-tiles values")
+    parser.add_argument(
+        "--mosaic", action="store_true", help="judge 2x2 mosaics of four images of one source (see above)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = judged_tiles(args.folder)
+    if args.mosaic:
+        images = mosaics(images)
     report = {
         "folder": str(args.folder),
+        "mosaic": args.mosaic,
         "images": len(images),
         "every_tile": figures(images, None),
         "every_tile_pooled_per_class": figures(images, None, per_class=True),

@@ -59,6 +59,16 @@ def write_tiny_split(
     return csv_path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_of_this_session(tmp_path_factory):
+    """What animeprov caches (exported inference graphs, reconstructions) goes to a folder of this test
+    session, never the user's ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ANIMEPROV_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def tiny_split(tmp_path: Path) -> Path:
     return write_tiny_split(tmp_path / "data")

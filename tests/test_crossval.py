@@ -263,18 +263,30 @@ def test_validation_keeps_at_most_the_given_share_of_each_class():
     assert "c1" in uncapped and "c1" not in capped
 
 
-def test_a_folder_made_before_the_class_share_limit_resumes_only_without_it(tmp_path):
+def test_a_folder_made_before_the_class_share_limit_resumes_only_with_the_old_settings(tmp_path):
     from animeprov.crossval import _check_settings
 
     config = CrossvalConfig(manifests=("m.csv",), recipe="traces")
     _check_settings(tmp_path, config, "digest")
     recorded = json.loads((tmp_path / "crossval.json").read_text())
-    assert recorded["max_val_class_share"] == 0.5
-    del recorded["max_val_class_share"]  # as written before the setting existed: no limit
+    assert recorded["max_val_class_share"] == 0.5 and recorded["stability"] is False
+    # as written before the settings existed: no class limit, predictions with the stability checks
+    del recorded["max_val_class_share"], recorded["stability"]
     (tmp_path / "crossval.json").write_text(json.dumps(recorded))
-    with pytest.raises(ValueError, match="max_val_class_share.*--max-val-class-share 1"):
+    with pytest.raises(
+        ValueError, match="max_val_class_share, stability.*--max-val-class-share 1 --stability"
+    ):
         _check_settings(tmp_path, config, "digest")
-    _check_settings(tmp_path, CrossvalConfig(**{**config.__dict__, "max_val_class_share": 1.0}), "digest")
+    with pytest.raises(
+        ValueError, match=r"\(stability\); choose another --out \(or resume it with --stability\)"
+    ):
+        _check_settings(tmp_path, CrossvalConfig(**{**config.__dict__, "max_val_class_share": 1.0}), "digest")
+    old = CrossvalConfig(**{**config.__dict__, "max_val_class_share": 1.0, "stability": True})
+    _check_settings(tmp_path, old, "digest")
+    with pytest.raises(
+        ValueError, match=r"\(recipe\); choose another --out$"
+    ):  # no flag brings back a recipe
+        _check_settings(tmp_path, CrossvalConfig(**{**old.__dict__, "recipe": "paper"}), "digest")
 
 
 def test_seed_ensemble_pools_each_images_probability_on_the_logit():

@@ -36,6 +36,6 @@ def test_the_report_table_has_a_row_per_setting_and_kind(tiny_split, tmp_path):
     assert [row.split(" | ")[:2] for row in rows] == [
         ["| default", "human"],
         ["| default", "generated"],
-        ["| `--no-stability`", "human"],
-        ["| `--no-stability`", "generated"],
+        ["| `--stability`", "human"],
+        ["| `--stability`", "generated"],
     ]

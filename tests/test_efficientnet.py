@@ -305,5 +305,7 @@ def test_folding_batchnorm_keeps_the_function_and_the_predictor_does_it():
     assert fold_batchnorm(model) == 49 and torch.equal(model(images), after)  # folding twice changes nothing
 
     fresh = create_model("effnet-pixel", 3, 64)
-    predictor = Predictor(fresh, classes=["human", "a", "b"], size=64, variant="effnet-pixel")
+    predictor = Predictor(
+        fresh, classes=["human", "a", "b"], size=64, variant="effnet-pixel", backend="torch"
+    )
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.model.modules())

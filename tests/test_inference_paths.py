@@ -178,7 +178,8 @@ def npr_dct_predictor() -> Predictor:
     model = create_model("cnn-npr-dct", 6, 64)
     model.stem.set_statistics(torch.randn(3, 64, 64) - 6.0, torch.rand(3, 64, 64) + 0.5)
     classes = ["human", "a", "b", "c", "d", "e"]
-    return Predictor(model, classes=classes, size=64, variant="cnn-npr-dct", device="cpu", checks=())
+    # PyTorch: these tests are of its CPU fast paths (onnxruntime has its own test in test_predict.py)
+    return Predictor(model, classes=classes, size=64, variant="cnn-npr-dct", device="cpu", backend="torch")
 
 
 def test_npr_dct_model_log_probs_match_a_plain_implementation(npr_dct_predictor):

@@ -13,10 +13,12 @@ from PIL.PngImagePlugin import PngInfo
 from scipy.special import log_softmax, softmax
 
 from animeprov import checkpoint as ckpt
+from animeprov.config import DEFAULT_MAX_TILES
 from animeprov.evaluation.calibration import Calibration, apply_temperature, save_calibration
 from animeprov.io import ImageError, load_image, make_views
 from animeprov.models import create_model
 from animeprov.predict import (
+    STABILITY_CHECKS,
     ImagePrediction,
     Predictor,
     choose_view,
@@ -109,7 +111,7 @@ def pooled_by_hand(log_probs: np.ndarray, human: int) -> np.ndarray:
 def test_tiles_aggregate_by_hand_and_crop_uses_only_the_centre(run, tmp_path):
     path = write_image(tmp_path / "big.png", 2 * SIZE, 2 * SIZE)
     pixels = load_image(path).pixels
-    predictor = Predictor.from_checkpoint(run)
+    predictor = Predictor.from_checkpoint(run, backend="torch")  # by hand below: PyTorch, to float rounding
 
     tiled = predictor.predict(path)
     assert (tiled.view, tiled.n_views) == ("tiles", 4)  # a 2x-size image gets 4 tiles
@@ -235,9 +237,10 @@ def test_a_tile_budget_judges_the_spread_sub_grid_everywhere(tmp_path):
     )
     path = write_image(tmp_path / "big.png", 4 * SIZE, 4 * SIZE)
     pixels = load_image(path).pixels
-    every = Predictor.from_checkpoint(calibrated_run)
-    budget = Predictor.from_checkpoint(calibrated_run, max_tiles=4)
+    every = Predictor.from_checkpoint(calibrated_run, max_tiles=None, backend="torch")
+    budget = Predictor.from_checkpoint(calibrated_run, max_tiles=4, checks=STABILITY_CHECKS, backend="torch")
     assert (every.info()["max_tiles"], budget.info()["max_tiles"]) == (None, 4)
+    assert Predictor.from_checkpoint(calibrated_run).info()["max_tiles"] == DEFAULT_MAX_TILES == 16
 
     one = budget.predict(path)
     # the image's 4 x 4 tiles -> its four corner tiles (each check's copy is cut the same way)
@@ -390,7 +393,9 @@ def test_stability_checks_run_only_when_they_can_change_a_committed_verdict(tmp_
         "stability_variant",
         lambda pixels, check, size: encoded.append(check) or real_variant(pixels, check, size),
     )
-    committed = Predictor.from_checkpoint(calibrated_run)  # ai threshold 0: every image is judged "ai"
+    # ai threshold 0: every image is judged "ai"
+    committed = Predictor.from_checkpoint(calibrated_run, checks=STABILITY_CHECKS)
+    assert Predictor.from_checkpoint(calibrated_run).checks == ()  # the checks are asked for, not default
     single = [committed.predict(path) for path in paths]
     assert encoded == list(predict_module.STABILITY_CHECKS) * 3
     for result in single:
@@ -411,7 +416,9 @@ def test_stability_checks_run_only_when_they_can_change_a_committed_verdict(tmp_
                 assert check["p_generated"] == pytest.approx(many.checks[name]["p_generated"], abs=1e-5)
     # between the thresholds the verdict is "unsure" whatever a re-encoding says: no check is run
     encoded.clear()
-    undecided = Predictor.from_checkpoint(calibrated_run, thresholds={"ai": 1.0, "artist": 0.0})
+    undecided = Predictor.from_checkpoint(
+        calibrated_run, thresholds={"ai": 1.0, "artist": 0.0}, checks=STABILITY_CHECKS
+    )
     results = [undecided.predict(paths[0]), *undecided.predict_many(paths)]
     assert encoded == [] and all(r.verdict == "unsure" and r.checks == {} for r in results)
 
@@ -422,7 +429,7 @@ def test_a_check_that_cannot_be_made_is_skipped_with_a_note(tmp_path):
         tmp_path / "cal", calibration={"temperature": 1.0, "ai_threshold": 0.0, "artist_threshold": 0.0}
     )
     strip = write_image(tmp_path / "strip.png", 16400, SIZE + 8)
-    predictor = Predictor.from_checkpoint(calibrated_run)
+    predictor = Predictor.from_checkpoint(calibrated_run, checks=STABILITY_CHECKS)
     for result in (predictor.predict(strip), *predictor.predict_many([strip, strip])):
         assert result.error is None and set(result.checks) == {"jpeg:90", "shift:4"}
         assert any(note.startswith("stability check webp:90 skipped: ValueError") for note in result.notes)
@@ -434,8 +441,8 @@ def test_the_onnx_backend_gives_the_torch_backends_results(tmp_path):
     )
     big = write_image(tmp_path / "big.png", 2 * SIZE + 5, 3 * SIZE)  # 2 x 3 tiles
     crop = write_image(tmp_path / "crop.png", SIZE, SIZE)
-    in_torch = Predictor.from_checkpoint(calibrated_run)
-    in_onnx = Predictor.from_checkpoint(calibrated_run, backend="onnx")
+    in_torch = Predictor.from_checkpoint(calibrated_run, backend="torch", checks=STABILITY_CHECKS)
+    in_onnx = Predictor.from_checkpoint(calibrated_run, backend="onnx", checks=STABILITY_CHECKS)
     assert (in_torch.info()["backend"], in_onnx.info()["backend"]) == ("torch", "onnx")
     for item in (big, crop):
         expected, got = in_torch.predict(item), in_onnx.predict(item)
@@ -463,3 +470,68 @@ def test_a_backend_is_checked_before_any_image(run):
         Predictor.from_checkpoint(run, backend="tensorrt")
     with pytest.raises(ValueError, match="onnx backend runs float32 on the CPU, not bf16"):
         Predictor.from_checkpoint(run, backend="onnx", precision="bf16")
+
+
+def test_auto_runs_onnxruntime_where_it_can(run, monkeypatch):
+    import importlib.util
+
+    from animeprov.predict import choose_backend
+
+    cpu = torch.device("cpu")
+    assert Predictor.from_checkpoint(run).backend == "onnx"  # onnxruntime is installed here
+    assert choose_backend("auto", cpu, "fp32") == "onnx"
+    assert (
+        choose_backend("auto", cpu, "bf16") == choose_backend("auto", torch.device("cuda"), "auto") == "torch"
+    )
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a),
+    )
+    assert choose_backend("auto", cpu, "auto") == "torch"  # without the export extra
+
+
+def test_an_exported_graph_is_cached_and_a_stale_or_broken_one_is_made_again(tmp_path, monkeypatch):
+    from animeprov import export
+
+    monkeypatch.setenv("ANIMEPROV_CACHE", str(tmp_path / "cache"))
+    first, other = make_run(tmp_path / "a", seed=0), make_run(tmp_path / "b", seed=1)
+    graphs_made = {}  # weights digest -> graph: exporting again would give the same bytes, slowly
+    exports = []
+    real_export = export._export_views_graph
+
+    def export_once(model, size):
+        key = export.views_graph_key(model, size)
+        exports.append(key)
+        if key not in graphs_made:
+            graphs_made[key] = real_export(model, size)
+        return graphs_made[key]
+
+    monkeypatch.setattr(export, "_export_views_graph", export_once)
+    image = write_image(tmp_path / "x.png", 2 * SIZE, 2 * SIZE)
+    expected = Predictor.from_checkpoint(first, backend="onnx").predict(image).p_generated
+    assert len(exports) == 1 and len(list((tmp_path / "cache" / "onnx").glob("views-*.onnx"))) == 1
+    again = Predictor.from_checkpoint(first, backend="onnx")  # from the cache: no export
+    assert len(exports) == 1 and again.predict(image).p_generated == pytest.approx(expected, abs=1e-7)
+    Predictor.from_checkpoint(other, backend="onnx")  # other weights, another graph
+    assert len(exports) == 2
+    graphs = sorted((tmp_path / "cache" / "onnx").glob("views-*.onnx"))
+    assert len(graphs) == 2
+    # a graph that is not the model's under its name (stale), then a broken file: each is exported again
+    contents = [path.read_bytes() for path in graphs]
+    for path, content in zip(graphs, reversed(contents), strict=True):
+        path.write_bytes(content)
+    for content in (None, b"not onnx"):
+        if content is not None:
+            for path in graphs:
+                path.write_bytes(content)
+        redone = Predictor.from_checkpoint(first, backend="onnx")
+        assert redone.predict(image).p_generated == pytest.approx(expected, abs=1e-7)
+    assert len(exports) == 4
+    # a cache that cannot be written costs the export, not the prediction
+    monkeypatch.setenv("ANIMEPROV_CACHE", str(image))  # a file: no folder can be made under it
+    assert Predictor.from_checkpoint(first, backend="onnx").predict(image).p_generated == pytest.approx(
+        expected, abs=1e-7
+    )
+    assert len(exports) == 5

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from conftest import write_tiny_split
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -24,7 +25,7 @@ from typer.testing import CliRunner
 
 from animeprov.cli import app as cli_app
 from animeprov.fingerprint import compute_fingerprints, labelled_images, write_fingerprints
-from animeprov.predict import Predictor
+from animeprov.predict import STABILITY_CHECKS, Predictor
 from animeprov.serve import ServeSettings, create_app
 from animeprov.serve.app import InferenceGate, display_name
 from animeprov.train import TrainConfig, train
@@ -62,7 +63,7 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(run) -> Predictor:
-    return Predictor.from_checkpoint(run, device="cpu")
+    return Predictor.from_checkpoint(run, device="cpu", backend="torch")  # the onnx default has its test
 
 
 @pytest.fixture(scope="module")
@@ -207,12 +208,14 @@ def test_a_tile_budget_is_served_and_lets_heatmaps_of_large_images_through(run):
         assert budget.get("/v1/model").json()["max_tiles"] == 1
         body = upload(budget, png_bytes(size=64), heatmap="true").json()
     assert body["view"] == "tiles" and body["n_views"] == 1 and body["heatmap_png"]
-    with pytest.raises(ValueError, match="max_tiles and backend are the predictor's"):
-        create_app(run, predictor=Predictor.from_checkpoint(run, device="cpu"), max_tiles=1)
+    loaded = Predictor.from_checkpoint(run, device="cpu")
+    for option in ({"max_tiles": 1}, {"backend": "torch"}, {"checks": ("jpeg:90",)}):
+        with pytest.raises(ValueError, match="max_tiles, backend and checks are the predictor's"):
+            create_app(run, predictor=loaded, **option)
 
 
 def test_the_onnx_backend_is_served_with_the_same_answers(run, client):
-    with TestClient(create_app(run, device="cpu", backend="onnx")) as in_onnx:
+    with TestClient(create_app(run, device="cpu")) as in_onnx:  # auto: onnxruntime, installed here
         assert in_onnx.get("/v1/model").json()["backend"] == "onnx"
         got = upload(in_onnx, png_bytes(size=64)).json()
     expected = upload(client, png_bytes(size=64)).json()
@@ -553,7 +556,10 @@ def test_cli_binds_to_localhost_checks_the_host_and_limits_connections(run, monk
 
     captured = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: captured.update(app=app, **options))
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: captured.update(threads=n))
     result = CliRunner().invoke(cli_app, ["serve", str(run), "--max-waiting", "4"])
+    assert captured["threads"] == max(1, threads // 2)  # each of 2 concurrent predictions: its share
     assert result.exit_code == 0, result.output
     assert (captured["host"], captured["port"]) == ("127.0.0.1", 8000)
     settings = ServeSettings(max_waiting=4)
@@ -563,6 +569,13 @@ def test_cli_binds_to_localhost_checks_the_host_and_limits_connections(run, monk
     with TestClient(captured["app"]) as served:
         assert served.get("/healthz", headers={"host": "localhost:8000"}).status_code == 200
         assert served.get("/healthz", headers={"host": "rebound.example"}).status_code == 400
+        model = served.get("/v1/model", headers={"host": "localhost:8000"}).json()
+    assert (model["backend"], model["max_tiles"], model["checks"]) == ("onnx", 16, [])
+    options = ["--stability", "--max-tiles", "0", "--backend", "torch"]
+    assert CliRunner().invoke(cli_app, ["serve", str(run), *options]).exit_code == 0
+    with TestClient(captured["app"]) as served:
+        model = served.get("/v1/model", headers={"host": "localhost:8000"}).json()
+    assert (model["backend"], model["max_tiles"], model["checks"]) == ("torch", None, list(STABILITY_CHECKS))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,6 +47,22 @@ def test_figures_pool_per_seed_and_count_the_tiles_kept():
     assert budget["roc_auc"] == {"mean": 1.0, "sd": 0.0, "n_seeds": 2}
 
 
+def test_a_mosaic_is_four_images_of_one_source_side_by_side_with_their_tiles():
+    def of(source: str, i: int, generated: bool = True) -> dict:
+        return {**image(generated, float(i)), "fold": "fold-00", "source": source, "path": f"{source}/{i}"}
+
+    five = [of("a", i) for i in range(5)]  # the fifth has no three others to go with
+    made = tile_budget.mosaics([*five, of("b", 0, False), of("b", 1, False)])
+    assert len(made) == 1  # source b has only two images
+    mosaic = made[0]
+    assert mosaic["shape"] == (256, 256) and len(mosaic["corners"]) == 64 == len(set(mosaic["corners"]))
+    assert mosaic["corners"] == sorted(mosaic["corners"], key=lambda c: (c[0] >= 128, c[1] >= 128))
+    assert set(mosaic["corners"]) == set(tile_grid(256, 256, 32))
+    np.testing.assert_array_equal(mosaic["log_probs"], np.concatenate([i["log_probs"] for i in five[:4]]))
+    # the bottom-right quarter's tiles are the fourth image's, in its own order
+    assert mosaic["corners"][48:] == [(top + 128, left + 128) for top, left in five[3]["corners"]]
+
+
 def test_pooling_per_class_lets_generators_that_disagree_lose_to_human():
     # three classes (human first); two tiles both 70% generated, one says gen-a, the other gen-b
     one = {

@@ -56,6 +56,7 @@ class CrossvalConfig:
     val_share: float = 0.15
     # val sources take at most this share of a class's images (folders made before it recorded none: 1.0)
     max_val_class_share: float = MAX_HELD_OUT_CLASS_SHARE
+    stability: bool = False  # the held-out images judged with predict's stability checks
     human_class: str = DEFAULT_HUMAN_CLASS
     only: tuple[str, ...] = ()  # run just the folds that hold out one of these values (e.g. one external set)
     workers: int = 0
@@ -241,6 +242,12 @@ def data_digest(rows: list[dict], by: str) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+# Settings that folders made before they existed did not record, at the values those folders used, and the
+# flag that sets each back to that value to resume such a folder.
+OLD_FOLDER_SETTINGS = {"max_val_class_share": 1.0, "stability": True}
+RESUME_FLAGS = {"max_val_class_share": "--max-val-class-share 1", "stability": "--stability"}
+
+
 def _check_settings(out: Path, config: CrossvalConfig, data_sha256: str) -> None:
     """A folder holds one cross-validation: refuse to mix results of other settings or data into it."""
     settings = {**asdict(config), "data_sha256": data_sha256}
@@ -251,19 +258,20 @@ def _check_settings(out: Path, config: CrossvalConfig, data_sha256: str) -> None
     settings = json.loads(json.dumps(settings))
     path = out / "crossval.json"
     if path.exists():
-        previous = {"max_val_class_share": 1.0, **json.loads(path.read_text())}
+        previous = {**OLD_FOLDER_SETTINGS, **json.loads(path.read_text())}
         if previous != settings:
             changed = sorted(
                 k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k)
             )
+            hints = [
+                RESUME_FLAGS[k]
+                for k in changed
+                if k in OLD_FOLDER_SETTINGS and previous[k] == OLD_FOLDER_SETTINGS[k]
+            ]
             raise ValueError(
                 f"{out}: holds a cross-validation with other settings ({', '.join(changed)}); "
                 "choose another --out"
-                + (
-                    " (or resume it with --max-val-class-share 1)"
-                    if changed == ["max_val_class_share"]
-                    else ""
-                )
+                + (f" (or resume it with {' '.join(hints)})" if len(hints) == len(changed) else "")
             )
         return
     atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
@@ -280,10 +288,11 @@ def _check_fold_has_both_kinds(rows: list[dict], config: CrossvalConfig, held: l
 
 
 def _predict_fold(folder: Path, rows: list[dict], config: CrossvalConfig) -> None:
-    from animeprov.predict import Predictor
+    from animeprov.predict import STABILITY_CHECKS, Predictor
 
     test = [row for row in rows if row[SPLIT_COLUMN] == "test"]
-    predictor = Predictor.from_checkpoint(folder / "run", device=config.device)
+    checks = STABILITY_CHECKS if config.stability else ()
+    predictor = Predictor.from_checkpoint(folder / "run", device=config.device, checks=checks)
     lines = []
     results = predictor.predict_many([row["path"] for row in test], workers=config.workers)
     for row, result in zip(test, results, strict=True):

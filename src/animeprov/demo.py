@@ -81,7 +81,7 @@ def run_demo(
 
 def verdict_counts(run: Path, split_csv: Path, checks: tuple[str, ...]) -> dict[str, Counter]:
     """Verdict counts on the run's test images, human and generated apart, with the given stability
-    checks (() as `predict --no-stability`); "unstable" counts the `unsure` ones the checks made."""
+    checks (() as `predict` by default); "unstable" counts the `unsure` ones the checks made."""
     from animeprov.data.dataset import read_split_rows
     from animeprov.predict import Predictor, reason_kinds
 
@@ -97,25 +97,25 @@ def verdict_counts(run: Path, split_csv: Path, checks: tuple[str, ...]) -> dict[
 
 
 def _stability_markdown(run: Path, split_csv: Path) -> str:
-    """What `predict` will answer with the DCT model, with and without the stability checks: a model
-    trained without compression can hold traces that one JPEG pass erases, and then `predict` says
-    `unsure` for images the test metrics above count as right."""
+    """What `predict` will answer with the DCT model, without and with the stability checks: a model
+    trained without compression can hold traces that one JPEG pass erases, and then `predict --stability`
+    says `unsure` for images the test metrics above count as right."""
     from animeprov.predict import STABILITY_CHECKS
 
     checked = verdict_counts(run, split_csv, STABILITY_CHECKS)
     plain = verdict_counts(run, split_csv, ())
     rows = [
         [label, kind, found["artist"], found["unsure"], found["unstable"], found["ai"]]
-        for label, counts in (("default", checked), ("`--no-stability`", plain))
+        for label, counts in (("default", plain), ("`--stability`", checked))
         for kind, found in counts.items()
     ]
     unstable = sum(found["unstable"] for found in checked.values())
     images = sum(found[verdict] for found in checked.values() for verdict in ("artist", "unsure", "ai"))
     checks = ", ".join(STABILITY_CHECKS)
     reading = (
-        f"{unstable} of the {images} test images are `unsure` by default because the verdict flips under "
-        f"one of {checks} (reason `unstable`): this model trained without compression, and a trace that "
-        "one re-encoding erases is not evidence to act on. `--no-stability` shows the model's own verdicts."
+        f"With `--stability`, {unstable} of the {images} test images are `unsure` because the verdict flips "
+        f"under one of {checks} (reason `unstable`): this model trained without compression, and its traces "
+        "do not survive one re-encoding, which an image shared online usually has had."
         if unstable
         else f"No verdict flipped under {checks}."
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -36,7 +37,7 @@ from torch import nn
 
 import animeprov
 from animeprov.checkpoint import BEST_WEIGHTS, load_model
-from animeprov.config import DEFAULT_HUMAN_CLASS
+from animeprov.config import DEFAULT_HUMAN_CLASS, cache_root
 from animeprov.evaluation.calibration import Calibration, StaleCalibrationError, load_calibration
 from animeprov.io import sha256_file
 from animeprov.layers.cbam import CBAM
@@ -248,14 +249,59 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def inference_session(model: nn.Module, size: int, threads: int):
+# Part of the cache key of exported prediction graphs: bump it when ViewsForward or the export changes.
+VIEWS_GRAPH_FORMAT = 1
+# Max |logit difference| between a cached graph and the model for the graph to be used, relative to the
+# largest logit (at least 1): float rounding passes, another model's graph does not.
+CACHED_GRAPH_TOLERANCE = 1e-3
+
+
+def inference_session(model: nn.Module, size: int, threads: int, *, cache: Path | None = None):
     """An onnxruntime session running `Predictor`'s forward pass of `model` (`predict.ViewsForward`: uint8
-    views -> logits and features), exported in memory (a few seconds; nothing is written to disk). Raises
-    ImportError naming the extra when onnxruntime is missing."""
+    views -> logits and features). Exporting takes several seconds (7 s for the reference model on the
+    2-core CPU), so the graph is kept under `cache` (default: cache_root()/onnx), named by a digest of the
+    weights, the input size and the torch and animeprov versions; a cached graph is used only when it gives
+    the model's logits on two test views, else it is exported again. An unwritable cache only costs the
+    export. Raises ImportError naming the extra when onnxruntime is missing."""
     try:
         import onnxruntime
     except ImportError:
         raise ImportError("the onnx backend needs onnxruntime: pip install 'animeprov[export]'") from None
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+
+    def session(graph: bytes):
+        return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+    path = (cache or cache_root() / "onnx") / f"views-{views_graph_key(model, size)}.onnx"
+    try:
+        cached = session(path.read_bytes())
+        if _agrees(cached, model, size):
+            return cached
+    except Exception:  # noqa: BLE001 - no file, or a corrupt or foreign one: whatever it raised, export again
+        pass
+    graph = _export_views_graph(model, size)
+    try:
+        _write_bytes(path, graph)
+    except OSError:
+        pass  # a read-only or full disk: the next run exports again
+    return session(graph)
+
+
+def views_graph_key(model: nn.Module, size: int) -> str:
+    """sha256 of what an exported prediction graph depends on: the weights (names, shapes, bytes), the
+    model's class, the input size and the versions of the exporter and of this code."""
+    versions = f"{VIEWS_GRAPH_FORMAT} {animeprov.__version__} {torch.__version__}"
+    digest = hashlib.sha256(f"{versions} {type(model).__name__} {size}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _export_views_graph(model: nn.Module, size: int) -> bytes:
     from animeprov.predict import ViewsForward
 
     dct_matrix(size)  # a real constant in the graph, as in export_onnx
@@ -271,12 +317,31 @@ def inference_session(model: nn.Module, size: int, threads: int):
             dynamo=True,
             verbose=False,
         )
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(
-        program.model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    return program.model_proto.SerializeToString()
+
+
+def _agrees(session: Any, model: nn.Module, size: int) -> bool:
+    """Whether `session` gives `model`'s logits on two seeded random views (a stale or altered cache
+    would not)."""
+    from animeprov.predict import ViewsForward
+
+    views = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = ViewsForward(model.eval())(torch.from_numpy(views))[0].float().numpy()
+    logits = session.run(None, {VIEWS_INPUT: views})[0]
+    tolerance = CACHED_GRAPH_TOLERANCE * max(1.0, float(np.abs(expected).max()))
+    return logits.shape == expected.shape and bool(np.abs(logits - expected).max() <= tolerance)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` under a temporary name, then rename: another process never reads half a graph."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_onnx(

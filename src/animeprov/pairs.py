@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from animeprov.config import AUXILIARY_CLASSES
+from animeprov.config import AUXILIARY_CLASSES, cache_root
 from animeprov.io import load_image, sha256_file
 
 PAIR_CLASS = AUXILIARY_CLASSES[0]  # the class of the reconstructions; `predict` reports it as "unknown"
@@ -34,7 +34,7 @@ SCALE = 8  # the decoder upsamples 8x: image sides are cut to a multiple of 8
 
 def default_cache() -> Path:
     """Where reconstructions are kept: $ANIMEPROV_CACHE/taef2, else ~/.cache/animeprov/taef2."""
-    return Path(os.environ.get("ANIMEPROV_CACHE") or Path.home() / ".cache" / "animeprov") / "taef2"
+    return cache_root() / "taef2"
 
 
 def _conv(cin: int, cout: int, *, bias: bool = True, stride: int = 1) -> nn.Conv2d:

@@ -14,6 +14,7 @@ order, as soon as its last view has been through the model. Memory stays flat ho
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 from collections import deque
@@ -28,7 +29,7 @@ from PIL import Image
 from scipy.special import log_softmax
 
 import animeprov
-from animeprov.config import DEFAULT_HUMAN_CLASS
+from animeprov.config import DEFAULT_HUMAN_CLASS, DEFAULT_MAX_TILES
 from animeprov.engine import PRECISIONS, autocast, pool_views, prepare_model, select_device
 from animeprov.evaluation.calibration import (
     Calibration,
@@ -52,8 +53,9 @@ from animeprov.io import (
 from animeprov.models.efficientnet import fold_batchnorm
 
 PREDICT_VIEWS = ("auto", *VIEW_MODES)
-# Where the model's forward pass runs: PyTorch, or onnxruntime (CPU, float32; often faster on CPUs).
-BACKENDS = ("torch", "onnx")
+# Where the model's forward pass runs: PyTorch, or onnxruntime (CPU, float32: the same answers, about twice
+# as fast a model pass on the 2-core CPU measured); "auto" picks onnxruntime when it can run the predictor.
+BACKENDS = ("auto", "torch", "onnx")
 # Threshold names accepted by `thresholds=`, as Calibration.with_thresholds calls them.
 THRESHOLD_NAMES = ("ai", "artist", "unknown")
 
@@ -228,6 +230,9 @@ def prepare(
 
 # Mild changes a verdict should survive (users report detectors whose verdict flips from 0.4 to 0.9 after a
 # resize): re-encoding at high quality and a few-pixel shift of the view grid.
+# The checks of `predict --stability`. Not on by default: on sources never seen they made 16% of the `ai`
+# verdicts unsure but only 18% of the wrong ones, no better than chance, and abstaining on as many of the
+# least confident verdicts removes more wrong ones, at no cost (docs/predict.md, "Stability checks").
 STABILITY_CHECKS = ("jpeg:90", "webp:90", "shift:4")
 # libwebp effort for the "webp:Q" check: method 0 encodes a 512 px image ~2.5x faster than the default 4
 # (~10 vs 25-29 ms, the costliest step of a check), and its verdicts are as close to method 4's as those
@@ -386,21 +391,20 @@ class Predictor:
         weights_sha256: str | None = None,
         run: str | None = None,
         familiarity: Familiarity | None = None,
-        checks: Sequence[str] = STABILITY_CHECKS,
-        max_tiles: int | None = None,
-        backend: str = "torch",
+        checks: Sequence[str] = (),
+        max_tiles: int | None = DEFAULT_MAX_TILES,
+        backend: str = "auto",
     ) -> None:
-        """`familiarity` and `checks` (see STABILITY_CHECKS) make a verdict "unsure" for an image unlike the
-        training data or whose verdict changes under those mild re-encodings; both need a calibration. The
-        checks run only for a verdict that would otherwise be committed (artist or ai), each as one more
-        pass of the model over the image (checks=() for speed). `max_tiles` caps the tiles judged per
-        image, spread over it (`io.tile_grid`): the model's work on a large image, at some cost in
-        accuracy (docs/predict.md); None judges every tile. `backend` "onnx" runs the model's forward pass in
-        onnxruntime (CPU, float32; exported when the predictor is made), "torch" in PyTorch."""
+        """`familiarity` and `checks` (e.g. STABILITY_CHECKS; none by default) make a verdict "unsure" for an
+        image unlike the training data or whose verdict changes under those mild re-encodings; both need a
+        calibration. The checks run only for a verdict that would otherwise be committed (artist or ai), each
+        as one more pass of the model over the image. `max_tiles` caps the tiles judged per image, spread
+        over it (`io.tile_grid`): the model's work on a large image, at some cost in accuracy
+        (docs/predict.md); None judges every tile. `backend` "onnx" runs the model's forward pass in
+        onnxruntime (CPU, float32; exported when the predictor is made, or taken from the cache of an earlier
+        export), "torch" in PyTorch, "auto" in onnxruntime where it can (`choose_backend`)."""
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if human_class not in classes:
             raise ValueError(f"human class {human_class!r} is not among the model's classes {classes}")
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
@@ -421,13 +425,9 @@ class Predictor:
             parse_check(check)  # fails fast on a typo, before any image
         tile_grid(self.size, self.size, self.size, max_tiles)  # and on a budget below 1
         self.max_tiles = max_tiles
-        self.backend = backend
+        self.backend = choose_backend(backend, self.device, precision)
         self._session = None
-        if backend == "onnx":
-            if self.device.type != "cpu" or precision not in ("auto", "fp32"):
-                raise ValueError(
-                    f"the onnx backend runs float32 on the CPU, not {precision} on {self.device}"
-                )
+        if self.backend == "onnx":
             from animeprov.export import VIEWS_INPUT, inference_session
 
             self._session = inference_session(self.model, self.size, torch.get_num_threads())
@@ -443,9 +443,9 @@ class Predictor:
         thresholds: dict[str, float] | None = None,
         load_rules: LoadRules = LoadRules(),
         precision: str = "auto",
-        checks: Sequence[str] = STABILITY_CHECKS,
-        max_tiles: int | None = None,
-        backend: str = "torch",
+        checks: Sequence[str] = (),
+        max_tiles: int | None = DEFAULT_MAX_TILES,
+        backend: str = "auto",
     ) -> Predictor:
         """Load a run folder, or a bundled model by name ("reference", sha256-checked).
         `thresholds` ({"ai", "artist", "unknown"}: P(generated) / generator-score
@@ -456,7 +456,7 @@ class Predictor:
         from animeprov.reference import resolve_run
 
         run = resolve_run(run)  # "reference" (the bundled model, sha256-checked) or a run folder
-        # onnxruntime runs here on the CPU: "auto" must not pick a GPU for it
+        # onnxruntime runs here on the CPU: asked for, it keeps device "auto" off a GPU
         torch_device = (
             torch.device("cpu") if backend == "onnx" and device == "auto" else _default_device(device)
         )
@@ -514,6 +514,7 @@ class Predictor:
             "backend": self.backend,
             "weights_sha256": self.weights_sha256,
             "max_tiles": self.max_tiles,
+            "checks": list(self.checks),
             "calibrated": calibration is not None and calibration.measured != {},
             "thresholds": None
             if calibration is None
@@ -832,6 +833,19 @@ def abstention_reason(judged: dict[str, Any], checks: dict[str, Any], calibratio
 def reason_kinds(reason: str | None) -> list[str]:
     """The kinds of an `abstention_reason`, in order: "between the thresholds", "unfamiliar", "unstable"."""
     return [part.split(":")[0] for part in (reason or "").split("; ") if part]
+
+
+def choose_backend(backend: str, device: torch.device, precision: str) -> str:
+    """The backend a predictor runs: "onnx" runs float32 on the CPU only; "auto" is "onnx" where that holds
+    and onnxruntime is installed (the `export` extra), else "torch"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    onnx_can_run = device.type == "cpu" and precision in ("auto", "fp32")
+    if backend == "onnx" and not onnx_can_run:
+        raise ValueError(f"the onnx backend runs float32 on the CPU, not {precision} on {device}")
+    if backend == "auto":
+        return "onnx" if onnx_can_run and importlib.util.find_spec("onnxruntime") else "torch"
+    return backend
 
 
 def _default_device(requested: str) -> torch.device:

@@ -35,6 +35,11 @@ def crossval(
         help="Val sources take at most this share of any class's training images (1: no limit, as in "
         "folders made before this option).",
     ),
+    stability: bool = typer.Option(
+        False,
+        help="Judge the held-out images with predict's stability checks (predict --stability), as folders "
+        "made before they were off by default did.",
+    ),
     human_class: str = typer.Option(DEFAULT_HUMAN_CLASS),
     only: list[str] = typer.Option(
         [],
@@ -59,6 +64,7 @@ def crossval(
             val_by=val_by,
             val_share=val_share,
             max_val_class_share=max_val_class_share,
+            stability=stability,
             human_class=human_class,
             only=tuple(only),
             workers=workers,

@@ -27,6 +27,7 @@ from typing import TextIO
 import typer
 
 from animeprov.cli.errors import fail
+from animeprov.config import DEFAULT_MAX_TILES
 from animeprov.progress import console, progress_bar
 
 FORMATS = ("auto", "jsonl", "csv", "table")
@@ -396,21 +397,23 @@ def predict(
     heatmaps: Path | None = typer.Option(
         None, help="Write an overlay PNG of where the model looked for its top class per image (slow)."
     ),
-    max_tiles: int | None = typer.Option(
-        None,
-        min=1,
-        help="Judge at most this many tiles of an image larger than the model input, spread over it "
-        "(default: every tile). Fewer tiles: faster on large images, a little less accurate.",
+    max_tiles: int = typer.Option(
+        DEFAULT_MAX_TILES,
+        min=0,
+        help="Judge at most this many tiles of an image larger than the model input, spread over it; 0: "
+        "every tile (4x the work on a 512 px image for the reference model, a little more accurate).",
     ),
     backend: str = typer.Option(
-        "torch",
-        help="Where the model runs: torch, or onnx (onnxruntime, CPU, float32, the same answers: 1.4-1.6x "
-        "faster on the 2-core CPU measured, ~9 s more to start; needs the export extra).",
+        "auto",
+        help="Where the model runs: auto (onnx where it can run, else torch), torch, or onnx (onnxruntime, "
+        "CPU, float32, the same answers, about 2x faster a model pass; needs the export extra; a model's "
+        "first run exports it, ~7 s, kept in the cache).",
     ),
     stability: bool = typer.Option(
-        True,
-        help="Re-judge each image after JPEG 90, WebP 90 and a 4-px shift; a verdict that changes becomes "
-        "'unsure' (4x the model's work; --no-stability for speed).",
+        False,
+        help="Re-judge each committed verdict after JPEG 90, WebP 90 and a 4-px shift; a verdict that "
+        "changes becomes 'unsure' (up to 4x the model's work; on unseen sources no better than a stricter "
+        "threshold, docs/predict.md).",
     ),
 ) -> None:
     """Judge images: class probabilities, P(generated), verdict artist | ai | unsure, metadata evidence."""
@@ -443,7 +446,7 @@ def predict(
             thresholds=thresholds,
             precision=precision,
             checks=STABILITY_CHECKS if stability else (),
-            max_tiles=max_tiles,
+            max_tiles=max_tiles or None,
             backend=backend,
         )
     except (OSError, ValueError, ImportError, StaleCalibrationError) as error:  # OSError: e.g. unreadable

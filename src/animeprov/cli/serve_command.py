@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from animeprov.cli.errors import fail
+from animeprov.config import DEFAULT_MAX_TILES
 from animeprov.progress import console
 
 
@@ -30,19 +31,26 @@ def serve(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
     max_upload_mb: float = typer.Option(20.0, min=0.001, help="Largest request body accepted (MiB)."),
     max_pixels: int = typer.Option(4096 * 4096, min=1, help="Largest width x height decoded."),
-    max_concurrent: int = typer.Option(2, min=1, help="Predictions computed at once."),
+    max_concurrent: int = typer.Option(
+        2, min=1, help="Predictions computed at once, each with its share of the CPU threads."
+    ),
     max_waiting: int = typer.Option(16, min=0, help="Requests queued beyond those; more get 503."),
     max_heatmap_views: int = typer.Option(16, min=1, help="Most tiles a heatmap request may cover."),
-    max_tiles: int | None = typer.Option(
-        None,
-        min=1,
-        help="Judge at most this many tiles of an image larger than the model input, spread over it "
-        "(default: every tile). Fewer tiles: faster on large images, a little less accurate.",
+    max_tiles: int = typer.Option(
+        DEFAULT_MAX_TILES,
+        min=0,
+        help="Judge at most this many tiles of an image larger than the model input, spread over it; 0: "
+        "every tile (4x the work on a 512 px image for the reference model, a little more accurate).",
     ),
     backend: str = typer.Option(
-        "torch",
-        help="Where the model runs: torch, or onnx (onnxruntime, CPU, float32, the same answers: 1.4-1.6x "
-        "faster on the 2-core CPU measured, ~9 s more to start; needs the export extra).",
+        "auto",
+        help="Where the model runs: auto (onnx where it can run, else torch), torch, or onnx (onnxruntime, "
+        "CPU, float32, the same answers, about 2x faster a model pass; needs the export extra).",
+    ),
+    stability: bool = typer.Option(
+        False,
+        help="Re-judge each committed verdict after JPEG 90, WebP 90 and a 4-px shift; a verdict that "
+        "changes becomes 'unsure' (up to 4x the model's work).",
     ),
     cors_origin: list[str] = typer.Option(
         [], "--cors-origin", help="Browser origin allowed to call the API (repeat for more). Default: none."
@@ -60,9 +68,11 @@ def serve(
     ),
 ) -> None:
     """Serve the model: POST /v1/predict, GET /v1/model, GET /healthz, docs at /docs, the page at /."""
+    import torch
     import uvicorn
 
     from animeprov.evaluation.calibration import StaleCalibrationError
+    from animeprov.predict import STABILITY_CHECKS
     from animeprov.reference import choose_run, describe
     from animeprov.serve import ServeSettings, create_app
     from animeprov.web import allowed_hosts_for, is_loopback, server_options
@@ -75,6 +85,9 @@ def serve(
             f"[yellow]warning:[/yellow] binding to {host}: the server is reachable from other machines; "
             "it has no authentication"
         )
+    # Each of the --max-concurrent predictions gets its share of the threads: with all of them each, the
+    # predictions of concurrent requests fought over the cores (docs/serve.md, "Latency under load").
+    torch.set_num_threads(max(1, torch.get_num_threads() // max_concurrent))
     try:
         run = choose_run(run, model)
         settings = ServeSettings(
@@ -91,8 +104,9 @@ def serve(
             settings=settings,
             fingerprints=fingerprints,
             device=device,
-            max_tiles=max_tiles,
+            max_tiles=max_tiles or None,
             backend=backend,
+            checks=STABILITY_CHECKS if stability else (),
         )
     except (ValueError, OSError, ImportError, StaleCalibrationError) as error:  # OSError: e.g. unreadable
         raise fail(error) from None

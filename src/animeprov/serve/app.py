@@ -24,7 +24,7 @@ import base64
 import io
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 import animeprov
+from animeprov.config import DEFAULT_MAX_TILES
 from animeprov.io import ImageError, LoadedImage, LoadRules, load_image, make_views, tile_grid
 from animeprov.predict import Predictor, choose_view
 from animeprov.web import protect
@@ -308,19 +309,24 @@ def create_app(
     fingerprints: str | Path | None = None,
     device: str = "auto",
     predictor: Predictor | None = None,
-    max_tiles: int | None = None,
-    backend: str = "torch",
+    max_tiles: int | None = DEFAULT_MAX_TILES,
+    backend: str = "auto",
+    checks: Sequence[str] = (),
 ) -> FastAPI:
     """The FastAPI app serving `run`'s model. `predictor` (a loaded `animeprov.predict.Predictor`) skips
     loading the run again; `fingerprints` overrides RUN/fingerprints/; `max_tiles` caps the tiles judged
-    per image and `backend` runs the model in PyTorch or onnxruntime (`Predictor`)."""
+    per image, `backend` runs the model in PyTorch or onnxruntime and `checks` are the stability checks
+    (`Predictor`)."""
     from animeprov.reference import card_text, resolve_run
 
     run = resolve_run(run)  # "reference": the bundled model, sha256-checked
+    options = {"max_tiles": max_tiles, "backend": backend, "checks": tuple(checks)}
     if predictor is None:
-        predictor = Predictor.from_checkpoint(run, device=device, max_tiles=max_tiles, backend=backend)
-    elif max_tiles is not None or backend != "torch":
-        raise ValueError("max_tiles and backend are the predictor's: give them to Predictor.from_checkpoint")
+        predictor = Predictor.from_checkpoint(run, device=device, **options)
+    elif options != {"max_tiles": DEFAULT_MAX_TILES, "backend": "auto", "checks": ()}:
+        raise ValueError(
+            "max_tiles, backend and checks are the predictor's: give them to Predictor.from_checkpoint"
+        )
     card = card_text(run)  # a bundled model's card, served at /model-card (read once, like the page)
     rules = LoadRules(max_pixels=settings.max_pixels, alpha_background=predictor.load_rules.alpha_background)
     prints = read_fingerprints(Path(fingerprints) if fingerprints is not None else None, run)
