@@ -492,6 +492,23 @@ def test_auto_runs_onnxruntime_where_it_can(run, monkeypatch):
     assert choose_backend("auto", cpu, "auto") == "torch"  # without the export extra
 
 
+def test_auto_runs_a_model_the_exporter_cannot_take_in_pytorch(run, tmp_path, monkeypatch):
+    from animeprov import export
+
+    def refuse(model, size):
+        raise RuntimeError("the exporter cannot take this model")
+
+    monkeypatch.setenv("ANIMEPROV_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(export, "_export_views_graph", refuse)
+    image = write_image(tmp_path / "x.png", 2 * SIZE, 2 * SIZE)
+    fallen_back = Predictor.from_checkpoint(run)
+    assert fallen_back.backend == fallen_back.info()["backend"] == "torch"
+    expected = Predictor.from_checkpoint(run, backend="torch").predict(image).p_generated
+    assert fallen_back.predict(image).p_generated == expected
+    with pytest.raises(RuntimeError, match="cannot take this model"):  # asked for by name: the error
+        Predictor.from_checkpoint(run, backend="onnx")
+
+
 def test_an_exported_graph_is_cached_and_a_stale_or_broken_one_is_made_again(tmp_path, monkeypatch):
     from animeprov import export
 

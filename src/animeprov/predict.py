@@ -402,7 +402,8 @@ class Predictor:
         over it (`io.tile_grid`): the model's work on a large image, at some cost in accuracy
         (docs/predict.md); None judges every tile. `backend` "onnx" runs the model's forward pass in
         onnxruntime (CPU, float32; exported when the predictor is made, or taken from the cache of an earlier
-        export), "torch" in PyTorch, "auto" in onnxruntime where it can (`choose_backend`)."""
+        export), "torch" in PyTorch, "auto" in onnxruntime where it can (`choose_backend`; in PyTorch when the
+        export fails)."""
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if human_class not in classes:
@@ -430,7 +431,12 @@ class Predictor:
         if self.backend == "onnx":
             from animeprov.export import VIEWS_INPUT, inference_session
 
-            self._session = inference_session(self.model, self.size, torch.get_num_threads())
+            try:
+                self._session = inference_session(self.model, self.size, torch.get_num_threads())
+            except Exception:  # noqa: BLE001 - whatever the exporter raised: under "auto" PyTorch runs it
+                if backend != "auto":
+                    raise
+                self.backend = "torch"
             self._session_input = VIEWS_INPUT
 
     @classmethod
