@@ -90,7 +90,8 @@ def head_features(model: nn.Module, views: np.ndarray, batch_size: int = 64) -> 
 
 
 def image_views(path: str | Path, size: int, rules: LoadRules = LoadRules()) -> np.ndarray:
-    """The views `predict` would judge (one crop at the model size, every tile when larger)."""
+    """The views `predict` cuts (one crop at the model size, the tiles when larger), every tile: more
+    examples to fit the head on than the 16 that `predict` judges by default."""
     from animeprov.predict import choose_view
 
     loaded = load_image(str(path), rules)
