@@ -8,8 +8,10 @@ import pytest
 import scipy.fft
 import torch
 
+from animeprov.config import DEFAULT_MAX_TILES
 from animeprov.data.dataset import ImageDataset, is_flat, source_balanced_weights
 from animeprov.engine import ClassAndDetectionLoss, Predictions, pool_views
+from animeprov.io import load_image, make_views
 from animeprov.transforms.stem import RESIDUAL_SCALE, create_stem, highpass_residual, npr_residual
 
 
@@ -78,6 +80,13 @@ def test_random_patches_change_per_epoch_avoid_flat_fills_and_tiles_cover_the_gr
     assert sum(is_flat(plain[i][0]) for i in range(12)) > sum(is_flat(v) for v in first)
     tiles = ImageDataset(csv_path, rows, ["gen", "human"], 8, view="tiles")
     assert len(tiles) == 4 * 16 and {tiles[i][2] for i in range(16)} == {0}
+    # larger images: at most predict's budget of tiles, the same sub-grid it judges
+    assert DEFAULT_MAX_TILES == 16
+    spread = ImageDataset(csv_path, rows, ["gen", "human"], 4, view="tiles")  # 8 x 8 tiles of 4 px
+    assert len(spread) == 4 * 16
+    pixels = np.asarray(load_image(str(tmp_path / "0.png")).pixels)
+    expected = make_views(pixels, 4, "tiles", max_tiles=DEFAULT_MAX_TILES)
+    assert all(np.array_equal(spread[i][0], view) for i, view in enumerate(expected))
 
 
 def test_pair_keys_give_twins_the_same_patch(tmp_path):

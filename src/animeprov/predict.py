@@ -1,11 +1,11 @@
 """Prediction for users: `Predictor.from_checkpoint(run).predict(image)` and a streaming `predict_many`.
 
 One image goes through: load (`animeprov.io`, the one place for bad-input rules) -> metadata evidence (kept
-apart, never folded into the verdict) -> views (one centre crop, or every tile of the centred grid for
-images larger than the model input, or at most `max_tiles` of them spread over it; never a silent
-resize) -> model -> the views are pooled (`engine.pool_views`: P(generated) from the mean of the views'
-detection logits, the generators' shares from their mean log-probabilities) -> temperature and verdict
-from the run's calibration.json.
+apart, never folded into the verdict) -> views (one centre crop, or the tiles of the centred grid for
+images larger than the model input, at most `max_tiles` of them spread over it; never a silent resize)
+-> model -> the views are pooled (`engine.pool_views`: P(generated) from the mean of the views' detection
+logits, the generators' shares from their mean log-probabilities) -> temperature and verdict from the
+run's calibration.json.
 
 `predict_many` streams: items are taken lazily, decoded (optionally in DataLoader worker processes, which
 overlaps decoding with the model), their views batched across images, and each result is yielded, in input

@@ -66,7 +66,7 @@ class TrainConfig:
     view: str = "crop"  # training views: "crop" (one centre crop) | "random" (patches at random offsets)
     views_per_image: int = 1  # "random": patches per image per epoch
     skip_flat: bool = False  # "random": avoid patches that are mostly one flat fill (white surrounds)
-    eval_view: str = "crop"  # val, calibration, evaluation: "crop" | "tiles" (every tile, pooled as predict)
+    eval_view: str = "crop"  # val, calibration, evaluation: "crop" | "tiles" (pooled as predict pools them)
     sampling: str = "uniform"  # "uniform" | "source": each source equally often, human and AI halves equal
     source_column: str = "source"  # the column that names an image's source, for sampling="source"
     binary_weight: float = 0.0  # weight of a human-vs-generated loss beside the per-class loss

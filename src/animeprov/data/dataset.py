@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from animeprov.config import DEFAULT_MAX_TILES
 from animeprov.data.manifest import image_path, read_rows
 from animeprov.io import ImageError, LoadRules, load_image, make_views, tile_grid
 
@@ -80,8 +81,9 @@ class ImageDataset(Dataset):
 
     `view`:
     - "crop": one centre crop per file (the paper's input).
-    - "tiles": every tile of `io.tile_grid` (the views `predict` judges an image by); needs the files'
-      `width`/`height` columns (as `data index` writes them) or reads the image headers.
+    - "tiles": the tiles of `io.tile_grid`, at most `config.DEFAULT_MAX_TILES` spread over the image (the
+      views `predict` judges an image by); needs the files' `width`/`height` columns (as `data index`
+      writes them) or reads the image headers.
     - "random": `views_per_image` patches per file at random offsets, new ones every epoch (`set_epoch`);
       with `skip_flat`, up to FLAT_RETRIES offsets are tried to find a patch that is not mostly a flat fill.
 
@@ -134,7 +136,9 @@ class ImageDataset(Dataset):
         self.items: list[tuple[int, int, tuple[int, int] | None]] = []
         for row_index, row in enumerate(rows):
             if view == "tiles":
-                corners = tile_grid(*self._shape(row_index, row), size) or [None]  # None: too small, error
+                # predict's tile budget, so that validation and calibration judge as `predict` does
+                shape = self._shape(row_index, row)
+                corners = tile_grid(*shape, size, DEFAULT_MAX_TILES) or [None]  # None: too small, error
                 self.items.extend((row_index, j, corner) for j, corner in enumerate(corners))
             else:
                 count = views_per_image if view == "random" else 1

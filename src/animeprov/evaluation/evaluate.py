@@ -30,7 +30,7 @@ def predict_split(
     torch_device = select_device(device)
     model, config = ckpt.load_model(run, weights=weights)
     prepare_model(model, torch_device)
-    # Views as the run was validated on: one centre crop, or every tile pooled per image (as `predict` does).
+    # Views as the run was validated on: one centre crop, or the tiles pooled per image (as `predict` does).
     view = config.get("eval_view", "crop")
     dataset = ImageDataset(data, read_split_rows(data, split), config["classes"], config["size"], view=view)
     with progress_bar(transient=True) as bar:
