@@ -35,11 +35,20 @@ LOG_FILE = "train.log"
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace `path` with `text` so that a kill or a power cut leaves the old file or the new one."""
+    _atomic_write(path, text, "x", encoding="utf-8")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write_text` for bytes."""
+    _atomic_write(path, data, "xb")
+
+
+def _atomic_write(path: Path, data: str | bytes, mode: str, encoding: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(path)
     try:
-        with open(tmp, "x", encoding="utf-8") as handle:  # created as any file is: the umask applies
-            handle.write(text)
+        with open(tmp, mode, encoding=encoding) as handle:  # created as any file is: the umask applies
+            handle.write(data)
         _replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

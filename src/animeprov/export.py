@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 import animeprov
-from animeprov.checkpoint import BEST_WEIGHTS, load_model
+from animeprov.checkpoint import BEST_WEIGHTS, atomic_write_bytes, load_model
 from animeprov.config import DEFAULT_HUMAN_CLASS, cache_root
 from animeprov.evaluation.calibration import Calibration, StaleCalibrationError, load_calibration
 from animeprov.io import sha256_file
@@ -284,7 +284,7 @@ def inference_session(model: nn.Module, size: int, threads: int, *, cache: Path 
         pass
     graph = _export_views_graph(model, size)
     try:
-        _write_bytes(path, graph)
+        atomic_write_bytes(path, graph)  # another process never reads half a graph
     except OSError:
         pass  # a read-only or full disk: the next run exports again
     return session(graph)
@@ -331,17 +331,6 @@ def _agrees(session: Any, model: nn.Module, size: int) -> bool:
     logits = session.run(None, {VIEWS_INPUT: views})[0]
     tolerance = CACHED_GRAPH_TOLERANCE * max(1.0, float(np.abs(expected).max()))
     return logits.shape == expected.shape and bool(np.abs(logits - expected).max() <= tolerance)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write `path` under a temporary name, then rename: another process never reads half a graph."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export_onnx(

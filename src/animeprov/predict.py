@@ -229,10 +229,10 @@ def prepare(
 
 
 # Mild changes a verdict should survive (users report detectors whose verdict flips from 0.4 to 0.9 after a
-# resize): re-encoding at high quality and a few-pixel shift of the view grid.
-# The checks of `predict --stability`. Not on by default: on sources never seen they made 16% of the `ai`
-# verdicts unsure but only 18% of the wrong ones, no better than chance, and abstaining on as many of the
-# least confident verdicts removes more wrong ones, at no cost (docs/predict.md, "Stability checks").
+# resize): re-encoding at high quality and a few-pixel shift of the view grid; `predict --stability`. Not on
+# by default: on sources never seen they made 16% of the right `ai` verdicts unsure and 18% of the wrong
+# ones, no better than chance, and abstaining on as many of the least confident verdicts removes more wrong
+# ones, at no cost (docs/predict.md, "Stability checks").
 STABILITY_CHECKS = ("jpeg:90", "webp:90", "shift:4")
 # libwebp effort for the "webp:Q" check: method 0 encodes a 512 px image ~2.5x faster than the default 4
 # (~10 vs 25-29 ms, the costliest step of a check), and its verdicts are as close to method 4's as those
