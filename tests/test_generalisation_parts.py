@@ -12,6 +12,7 @@ from animeprov.config import DEFAULT_MAX_TILES
 from animeprov.data.dataset import ImageDataset, is_flat, source_balanced_weights
 from animeprov.engine import ClassAndDetectionLoss, Predictions, pool_views
 from animeprov.io import load_image, make_views
+from animeprov.perturb import Augmenter, perturb
 from animeprov.transforms.stem import RESIDUAL_SCALE, create_stem, highpass_residual, npr_residual
 
 
@@ -87,6 +88,43 @@ def test_random_patches_change_per_epoch_avoid_flat_fills_and_tiles_cover_the_gr
     pixels = np.asarray(load_image(str(tmp_path / "0.png")).pixels)
     expected = make_views(pixels, 4, "tiles", max_tiles=DEFAULT_MAX_TILES)
     assert all(np.array_equal(spread[i][0], view) for i, view in enumerate(expected))
+
+
+def test_large_images_augment_only_the_patch_neighbourhood_with_the_same_draws(tmp_path):
+    """A large image's random patch comes from the draws that augmenting it whole would use: the same
+    perturbation and offsets, the same pixels for blur and JPEG. Small images take the whole-image path."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    big = np.clip(rng.normal(128, 40, (300, 280, 3)), 0, 255).astype(np.uint8)
+    small = big[:256, :256]
+    Image.fromarray(big).save(tmp_path / "big.png")
+    Image.fromarray(small).save(tmp_path / "small.png")
+    rows = [{"path": "big.png", "class": "gen"}, {"path": "small.png", "class": "human"}]
+    augment = Augmenter(("blur", "jpeg", "resize"), p=1.0, min_side=16)
+    data = ImageDataset(
+        tmp_path / "x.csv", rows, ["gen", "human"], 16, view="random", views_per_image=6, augment=augment
+    )
+    assert data._augments_neighbourhood(big.shape[:2]) and not data._augments_neighbourhood((80, 80))
+    for index in range(6):  # the big image's views
+        draws = np.random.default_rng([0, 0, 0, index])
+        perturbation = augment.sample(big.shape[:2], draws)
+        whole = perturb(big, perturbation)
+        top = int(draws.integers(0, whole.shape[0] - 15))
+        left = int(draws.integers(0, whole.shape[1] - 15))
+        expected = whole[top : top + 16, left : left + 16]
+        if perturbation.family != "resize":  # resizing: within a pixel's shift (test_perturb)
+            assert np.array_equal(data[index][0], expected), perturbation.spec
+    # 256 px with 64 px patches, as the development sets and the reference model's training: whole image
+    dev = ImageDataset(tmp_path / "x.csv", rows[1:], ["gen", "human"], 64, view="random", augment=augment)
+    assert not dev._augments_neighbourhood(small.shape[:2])
+    draws = np.random.default_rng([0, 0, 0, 0])
+    augmented = augment(small, draws)
+    top, left = (
+        int(draws.integers(0, augmented.shape[0] - 63)),
+        int(draws.integers(0, augmented.shape[1] - 63)),
+    )
+    assert np.array_equal(dev[0][0], augmented[top : top + 64, left : left + 64])
 
 
 def test_pair_keys_give_twins_the_same_patch(tmp_path):

@@ -20,6 +20,8 @@ from animeprov.perturb import (
     parse_ladder,
     parse_spec,
     perturb,
+    perturb_patch,
+    perturbed_shape,
 )
 
 # ITU-T T.81 Annex K.1 luminance quantisation table (row-major): what libjpeg uses at quality 50.
@@ -231,3 +233,68 @@ def test_augmenter_is_seeded_respects_p_and_keeps_the_view_possible():
     for seed in range(60):
         spec = resize_only.sample((64, MAX_SIDE - 100), np.random.default_rng(seed))
         chain_sizes((64, MAX_SIDE - 100), spec.steps[0])  # raises SpecError past MAX_SIDE
+
+
+# Edges of every kind: the image's corners and borders (not on the 16 px JPEG grid) and the interior.
+PATCH_CORNERS = ((0, 0), (0, 200), (168, 0), (168, 200), (77, 101), (16, 35))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "none",
+        "blur:1.5",
+        "blur:0.3",
+        "jpeg:40",
+        "jpeg:95",
+        "jpeg:60+blur:0.8",
+        "scale:2-0.5",
+        "resize:512-1024-512",
+        "scale:2",
+        "scale:0.5",
+    ],
+)
+def test_perturb_patch_is_the_whole_images_patch(spec):
+    """Blur, JPEG and resizing by 2 or 1/2 perturb a neighbourhood exactly as the whole image."""
+    pixels = image(200, 232)
+    whole = perturb(pixels, spec)
+    assert whole.shape[:2] == perturbed_shape(pixels.shape[:2], spec)
+    scale = whole.shape[0] / pixels.shape[0]
+    for top, left in PATCH_CORNERS:
+        top, left = (
+            min(round(top * scale), whole.shape[0] - 32),
+            min(round(left * scale), whole.shape[1] - 32),
+        )
+        patch = perturb_patch(pixels, spec, top, left, 32, np.random.default_rng(0))
+        assert np.array_equal(patch, whole[top : top + 32, left : left + 32]), (spec, top, left)
+
+
+def test_perturb_patch_other_kinds_match_in_kind():
+    pixels = image(200, 232)
+    # a scale of 1.5: the window's sampling grid lies within a pixel of the whole image's
+    whole = perturb(pixels, "scale:1.5")
+    for top, left in ((0, 0), (150, 280), (260, 310)):
+        patch = perturb_patch(pixels, "scale:1.5", top, left, 32, np.random.default_rng(0)).astype(int)
+        right = np.abs(patch - whole[top : top + 32, left : left + 32]).mean()
+        shifted = np.abs(patch - whole[top + 3 : top + 35, left : left + 32]).mean()
+        assert right < 0.25 * shifted, (top, left, right, shifted)
+    # noise: other draws of the same sigma
+    grey = (pixels // 2 + 64).astype(np.uint8)  # nothing clipped
+    patch = perturb_patch(grey, "noise:4", 50, 60, 64, np.random.default_rng(0)).astype(float)
+    assert abs((patch - grey[50:114, 60:124]).std() - 4.0) < 0.4
+    assert not np.array_equal(patch, perturb(grey, "noise:4", seed=0)[50:114, 60:124])
+    # WebP: as much damage as on the whole image, not the same pixels
+    whole = perturb(pixels, "webp:60").astype(int)
+    patch = perturb_patch(pixels, "webp:60", 80, 96, 64, np.random.default_rng(0)).astype(int)
+    clean = pixels[80:144, 96:160].astype(int)
+    damage = np.abs(patch - clean).mean() / np.abs(whole[80:144, 96:160] - clean).mean()
+    assert 0.7 < damage < 1.4
+
+
+def test_perturb_patch_refuses_crops_and_patches_outside_the_output():
+    pixels = image(64, 64)
+    assert perturbed_shape((64, 64), "jpeg:90+crop:0.8") is None
+    with pytest.raises(ValueError, match="crops at random"):
+        perturb_patch(pixels, "crop:0.8", 0, 0, 16, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="does not fit the 32x32 output"):
+        perturb_patch(pixels, "scale:0.5", 20, 0, 16, np.random.default_rng(0))

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from animeprov.config import DEFAULT_MAX_TILES
 from animeprov.data.manifest import image_path, read_rows
 from animeprov.io import ImageError, LoadRules, load_image, make_views, tile_grid
+from animeprov.perturb import PATCH_CONTEXT, Augmenter, perturb, perturb_patch, perturbed_shape
 
 # (view (size, size, 3) uint8 or None, label, row index, (path, reason) when loading failed)
 Sample = tuple[np.ndarray | None, int, int, tuple[str, str] | None]
@@ -55,6 +56,13 @@ DATASET_VIEWS = ("crop", "tiles", "random")
 FLAT_SHARE = 0.5
 FLAT_RETRIES = 8  # random offsets tried before a flat patch is accepted as it is
 
+# A random patch of an image with more than this many times the pixels of the largest neighbourhood a patch
+# needs (its side doubled by the augmenter's strongest downscale, plus context) is augmented on that
+# neighbourhood alone (`perturb.perturb_patch`): for 64 px patches of a 512 px image about a tenth of the
+# pixels. Smaller images are augmented whole as before, so that the 256 px development sets keep their
+# draws and the shipped reference model still rebuilds byte for byte (benchmarks/build_reference.py).
+NEIGHBOURHOOD_AREA_RATIO = 4
+
 
 def is_flat(patch: np.ndarray, share: float = FLAT_SHARE) -> bool:
     """True when more than `share` of the (H, W, 3) patch's pixels equal their right neighbour exactly."""
@@ -91,7 +99,8 @@ class ImageDataset(Dataset):
     file can be pooled (`engine.Predictions.pool_by_row`). A file that fails to load is not fatal: the sample
     comes back with its error and the collate function drops it, so a long run never stops on one bad file.
 
-    `augment` (e.g. `animeprov.perturb.Augmenter`) perturbs the decoded pixels before the view is cut, and
+    `augment` (e.g. `animeprov.perturb.Augmenter`) perturbs the decoded pixels before the view is cut (for
+    a random patch of a large image, only the patch's neighbourhood: see NEIGHBOURHOOD_AREA_RATIO), and
     random offsets are drawn, from a generator seeded by (augment_seed, epoch, key, view): one sample gets
     the same draw in any worker process, and a new one after `set_epoch`. The key is the row index unless
     `pair_keys` gives rows a shared key: rows with one key (an image and its decoder reconstruction) get the
@@ -193,6 +202,8 @@ class ImageDataset(Dataset):
         try:
             pixels = self._pixels(path)
             rng = np.random.default_rng([self.augment_seed, self.epoch, self.keys[row], view_number])
+            if self.view == "random" and self._augments_neighbourhood(pixels.shape[:2]):
+                return self._augmented_random_patch(pixels, rng, str(path)), self.labels[row], row, None
             if self.augment is not None:
                 pixels = self.augment(pixels, rng)
             if self.view == "random":
@@ -211,6 +222,28 @@ class ImageDataset(Dataset):
         except ImageError as error:
             return None, self.labels[row], row, (error.path, error.reason)
         return view, self.labels[row], row, None
+
+    def _augments_neighbourhood(self, shape: tuple[int, int]) -> bool:
+        largest_neighbourhood = 2 * self.size + 2 * PATCH_CONTEXT
+        return isinstance(self.augment, Augmenter) and (
+            shape[0] * shape[1] > NEIGHBOURHOOD_AREA_RATIO * largest_neighbourhood**2
+        )
+
+    def _augmented_random_patch(self, pixels: np.ndarray, rng: np.random.Generator, path: str) -> np.ndarray:
+        """`augment` then `_random_patch`, from the same draws of the perturbation and the offsets, with only
+        each tried patch's neighbourhood perturbed."""
+        perturbation = self.augment.sample(pixels.shape[:2], rng)
+        shape = perturbed_shape(pixels.shape[:2], perturbation)
+        if shape is None or min(shape) < self.size:
+            # a crop draws its window at random (and is only a slice); too small raises the usual error
+            return self._random_patch(perturb(pixels, perturbation, seed=rng), rng, path)
+        for _ in range(FLAT_RETRIES if self.skip_flat else 1):
+            top = int(rng.integers(0, shape[0] - self.size + 1))
+            left = int(rng.integers(0, shape[1] - self.size + 1))
+            patch = perturb_patch(pixels, perturbation, top, left, self.size, rng)
+            if not (self.skip_flat and is_flat(patch)):
+                break
+        return patch
 
     def _random_patch(self, pixels: np.ndarray, rng: np.random.Generator, path: str) -> np.ndarray:
         height, width = pixels.shape[:2]
