@@ -20,7 +20,8 @@ Resizing uses PIL's bicubic filter. Nothing here knows about classes: every clas
 and a random step draws only from the generator it is given, so identical (pixels, spec, seed) give
 identical output in any process.
 
-`Augmenter` draws a random perturbation per training image (kind and strength) from the same families.
+`Augmenter` draws a random perturbation per training image (kind and strength) from the same families;
+`perturb_patch` gives one patch of a perturbed image by perturbing only that patch's neighbourhood.
 """
 
 from __future__ import annotations
