@@ -121,7 +121,8 @@ def _handler(booru: FakeBooru):
 def booru() -> Iterator[FakeBooru]:
     fake = FakeBooru()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # a short poll so that shutdown() returns at once (the default 0.5 s is waited out by every test)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     fake.url = f"http://127.0.0.1:{server.server_address[1]}/"
     yield fake
