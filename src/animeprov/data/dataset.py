@@ -237,25 +237,35 @@ class ImageDataset(Dataset):
         if shape is None or min(shape) < self.size:
             # a crop draws its window at random (and is only a slice); too small raises the usual error
             return self._random_patch(perturb(pixels, perturbation, seed=rng), rng, path)
-        for _ in range(FLAT_RETRIES if self.skip_flat else 1):
-            top = int(rng.integers(0, shape[0] - self.size + 1))
-            left = int(rng.integers(0, shape[1] - self.size + 1))
-            patch = perturb_patch(pixels, perturbation, top, left, self.size, rng)
-            if not (self.skip_flat and is_flat(patch)):
-                break
-        return patch
+        return self._unflat_patch(
+            shape, rng, lambda top, left: perturb_patch(pixels, perturbation, top, left, self.size, rng)
+        )
 
     def _random_patch(self, pixels: np.ndarray, rng: np.random.Generator, path: str) -> np.ndarray:
         height, width = pixels.shape[:2]
         if height < self.size or width < self.size:
             return make_views(pixels, self.size, "crop", path=path)[0]  # raises the "too small" ImageError
+        size = self.size
+        patch = self._unflat_patch(
+            (height, width), rng, lambda top, left: pixels[top : top + size, left : left + size]
+        )
+        return patch.copy()
+
+    def _unflat_patch(
+        self,
+        shape: tuple[int, int],
+        rng: np.random.Generator,
+        cut: Callable[[int, int], np.ndarray],
+    ) -> np.ndarray:
+        """The patch `cut(top, left)` at a random offset into an image of `shape`; with `skip_flat`, up to
+        FLAT_RETRIES offsets until one is not mostly a flat fill (else the last is kept)."""
         for _ in range(FLAT_RETRIES if self.skip_flat else 1):
-            top = int(rng.integers(0, height - self.size + 1))
-            left = int(rng.integers(0, width - self.size + 1))
-            patch = pixels[top : top + self.size, left : left + self.size]
+            top = int(rng.integers(0, shape[0] - self.size + 1))
+            left = int(rng.integers(0, shape[1] - self.size + 1))
+            patch = cut(top, left)
             if not (self.skip_flat and is_flat(patch)):
                 break
-        return patch.copy()
+        return patch
 
 
 def collate_samples(samples: list[Sample]) -> Batch:
