@@ -32,6 +32,24 @@ def test_evidence_command_reports_named_generators_and_skips_bad_files(tmp_path)
     assert "broken.png" in result.stderr and "2 files read, 1 skipped" in result.stderr
 
 
+def test_skipped_file_names_are_printed_verbatim_on_one_line(tmp_path):
+    # booru downloads are often named "[artist] title.png": rich markup would drop "[artist]" from the
+    # message and fail on a closing tag; a path longer than 80 columns must not be broken across lines
+    folder = tmp_path / ("deep-folder-" * 8)
+    (folder / "[").mkdir(parents=True)
+    names = ["[artist] broken.png", "[/x] broken.png"]  # the second: file "x] broken.png" in folder "["
+    for name in names:
+        (folder / name).write_bytes(b"not an image")
+
+    result = CliRunner().invoke(app, ["evidence", str(folder)])
+
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    for name in names:
+        assert any(line.startswith(f"skipped {folder / name}:") for line in lines), result.stderr
+    assert "0 files read, 2 skipped" in result.stderr
+
+
 @pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs need POSIX")
 def test_evidence_skips_links_fifos_and_unlistable_folders_with_reasons(tmp_path, monkeypatch):
     Image.new("RGB", (16, 16), "white").save(tmp_path / "plain.png")

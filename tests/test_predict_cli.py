@@ -45,7 +45,7 @@ def images(tmp_path: Path) -> Path:
 
 def invoke(*args: str):
     result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    result.said = " ".join(result.output.split())  # messages without rich's line wrapping
+    result.said = " ".join(result.output.split())  # whitespace-normalised (typer's own error panels wrap)
     return result
 
 

@@ -38,7 +38,7 @@ from animeprov.data.split import split_manifest
 from animeprov.data.synth import EXTRA_CLASSES, MANIFEST_NAME, SYNTH_CLASSES, generate_synthetic
 from animeprov.engine import make_loader, predict, prepare_model, select_device
 from animeprov.evaluation.metrics import classification_report, detection_metrics
-from animeprov.progress import console, progress_bar
+from animeprov.progress import console, labelled, progress_bar
 from animeprov.reports.figures import plot_confusion
 from animeprov.reports.tables import markdown_table, write_json
 from animeprov.train import TrainConfig, train
@@ -520,7 +520,9 @@ def run_experiment(
             settings["data_sha256"] = file_digest(train_set.csv)  # other data under the same name: redo
             cell = {"variant": variant, "train_set": train_set.name, "run": str(run), "tests": {}}
             console.print(
-                f"[bold]cell {len(cells) + 1}/{n_cells}[/bold]: {variant} trained on {train_set.name}"
+                labelled(
+                    f"cell {len(cells) + 1}/{n_cells}:", f"{variant} trained on {train_set.name}", "bold"
+                )
             )
             trained_earlier = _done(run, settings)
             if trained_earlier:

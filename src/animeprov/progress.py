@@ -11,9 +11,20 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
-# Progress and status go to stderr so that stdout stays clean for tables, CSV and JSON lines.
-console = Console(stderr=True)
+# Progress and status go to stderr so that stdout stays clean for tables, CSV and JSON lines (`stdout`).
+# Markup is off: messages carry file names, booru tags and prompts, and rich would read their [brackets]
+# as styles (dropping "[artist]" from a file name, failing on "[/x]"); styles are given explicitly
+# (`labelled`, `style=`). soft_wrap keeps a long path on one line of a log instead of breaking it at 80
+# columns where stderr is not a terminal.
+console = Console(stderr=True, markup=False, soft_wrap=True)
+stdout = Console(markup=False, soft_wrap=True)
+
+
+def labelled(label: str, message: object, style: str = "yellow") -> Text:
+    """`label message` with only the label styled: `console.print(labelled("skipped", f"{path}: {why}"))`."""
+    return Text.assemble((label, style), " ", str(message))
 
 
 def progress_bar(*, transient: bool = False, disable: bool = False) -> Progress:
@@ -25,12 +36,12 @@ def progress_bar(*, transient: bool = False, disable: bool = False) -> Progress:
     `bar.update(task, advance=1, info="loss 0.12")`.
     """
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),  # file names, booru notes
         console=console,
         transient=transient,
         disable=disable,

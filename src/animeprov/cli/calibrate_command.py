@@ -10,7 +10,7 @@ from rich.table import Table
 
 from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_KNOWN_PASS_RATE, DEFAULT_TARGET_FNR, DEFAULT_TARGET_FPR
-from animeprov.progress import console
+from animeprov.progress import console, labelled
 
 if TYPE_CHECKING:  # the fitting code (scipy, sklearn) is imported only when the command runs
     from animeprov.evaluation.calibration import Calibration
@@ -61,10 +61,10 @@ def calibrate(
         fit_run_familiarity(run, data, weights=BEST_WEIGHTS, device=device, val_split=split)
         console.print(f"familiarity check fitted on the train split and {split}: {run / FAMILIARITY_FILE}")
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[yellow]no familiarity check[/yellow]: {error}")
+        console.print(labelled("no familiarity check:", error))
     console.print(calibration_table(calibration))
     for note in calibration.measured["notes"]:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(labelled("note:", note))
     console.print(f"written {run / CALIBRATION_FILE}")
 
 

@@ -10,17 +10,13 @@ from collections import Counter
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from animeprov.config import DEFAULT_MAX_PIXELS
-from animeprov.progress import console, progress_bar
+from animeprov.progress import console, labelled, progress_bar, stdout
 
 data_app = typer.Typer(no_args_is_help=True)
 
-# Tables and results go to stdout; progress, warnings and notes go to stderr (`console`).
-stdout = Console()
 
 # The library modules are imported inside each command so that `animeprov --help` stays fast.
 
@@ -66,7 +62,7 @@ def synth(
             )
         except ValueError as error:  # arguments are checked before any image is drawn, e.g. --size
             raise typer.BadParameter(str(error)) from None
-    stdout.print(f"wrote {per_class * len(class_list)} images; manifest: {manifest}", soft_wrap=True)
+    stdout.print(f"wrote {per_class * len(class_list)} images; manifest: {manifest}")
 
 
 @data_app.command("index")
@@ -122,7 +118,6 @@ def index(
     stdout.print(
         f"{result.groups} groups ({result.multi_member_groups} with more than one image); "
         f"manifest: {result.out_csv}",
-        soft_wrap=True,
     )
     if result.cross_class_groups:
         _warn(
@@ -130,14 +125,12 @@ def index(
             f"(one picture under two labels?): {', '.join(result.cross_class_groups[:10])}"
         )
     if result.skipped:
-        console.print(f"[yellow]skipped {len(result.skipped)} file(s):")
+        console.print(f"skipped {len(result.skipped)} file(s):", style="yellow")
         for file, reason in result.skipped:
-            console.print(f"  {file}: {reason}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"skipped list: {result.skipped_csv}", markup=False, soft_wrap=True)
+            console.print(f"  {file}: {reason}")
+    console.print(f"skipped list: {result.skipped_csv}")
     if result.rows == 0:
-        console.print(
-            f"error: no readable image found under {root}", style="red", markup=False, soft_wrap=True
-        )
+        console.print(f"error: no readable image found under {root}", style="red")
         raise typer.Exit(1)
 
 
@@ -188,7 +181,7 @@ def split(
 
     rows = list(read_rows(manifest))
     if not rows:
-        console.print(f"error: {manifest} has no rows", style="red", markup=False, soft_wrap=True)
+        console.print(f"error: {manifest} has no rows", style="red")
         raise typer.Exit(1)
     available = dict(sorted(Counter(row["class"] for row in rows).items()))
     if by is not None:
@@ -235,9 +228,7 @@ def split(
         if len(selected) < len(rows)
         else ""
     )
-    stdout.print(
-        f"{len(selected)} of {len(rows)} images in the split{left_out}; split: {out}", soft_wrap=True
-    )
+    stdout.print(f"{len(selected)} of {len(rows)} images in the split{left_out}; split: {out}")
 
 
 def _split_by_column(
@@ -273,10 +264,8 @@ def _split_by_column(
             )
     for name in ("val", "test"):
         values = sorted({row[by] for row in selected if row[SPLIT_COLUMN] == name})
-        stdout.print(
-            f"{name}: {len(values)} {by} value(s) held out: {', '.join(values) or 'none'}", soft_wrap=True
-        )
-    stdout.print(f"{len(selected)} images, split by {by!r}; split: {out}", soft_wrap=True)
+        stdout.print(f"{name}: {len(values)} {by} value(s) held out: {', '.join(values) or 'none'}")
+    stdout.print(f"{len(selected)} images, split by {by!r}; split: {out}")
 
 
 @data_app.command("prompts")
@@ -299,7 +288,7 @@ def prompts(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--tags") from None
     count = write_prompts(out, build_prompts(tag_set, n, seed, style_token))
-    stdout.print(f"wrote {count} prompts; {out}", soft_wrap=True)
+    stdout.print(f"wrote {count} prompts; {out}")
 
 
 @data_app.command("tags")
@@ -327,11 +316,11 @@ def tags(
             entries, load_tag_set(), top=top, source=f"{source} tag list ({base_url}), post counts as weights"
         )
     except (CollectError, ValueError) as error:
-        console.print(f"error: {error}", style="red", markup=False, soft_wrap=True)
+        console.print(f"error: {error}", style="red")
         raise typer.Exit(1) from None
     write_tag_set(out, tag_set)
     summary = ", ".join(f"{group.name} {len(group.tags)}" for group in tag_set.groups)
-    stdout.print(f"wrote {sum(len(g.tags) for g in tag_set.groups)} tags ({summary}); {out}", soft_wrap=True)
+    stdout.print(f"wrote {sum(len(g.tags) for g in tag_set.groups)} tags ({summary}); {out}")
 
 
 @data_app.command("generate")
@@ -398,15 +387,13 @@ def generate(
             safety_checker=safety_checker,
         )
     except GenerateDependencyError as error:
-        console.print(f"error: {error}", style="red", markup=False, soft_wrap=True)
+        console.print(f"error: {error}", style="red")
         raise typer.Exit(1) from None
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     console.print(
         f"model {settings.model} -> class {settings.class_name} on {device_name} ({dtype}); "
         f"safety checker {'on' if safety_checker else 'off'}",
-        markup=False,
-        soft_wrap=True,
     )
     with progress_bar() as bar:
         task = bar.add_task("generating", total=n, info=str(out))
@@ -423,7 +410,6 @@ def generate(
     stdout.print(
         f"{result.generated} generated, {result.reused} kept from an earlier run{flagged}; "
         f"manifest: {result.manifest}",
-        soft_wrap=True,
     )
 
 
@@ -496,7 +482,7 @@ def collect(
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--out") from None
         except CollectError as error:
-            console.print(f"error: {error}", style="red", markup=False, soft_wrap=True)
+            console.print(f"error: {error}", style="red")
             raise typer.Exit(1) from None
     table = Table(title=f"{result.kept} images kept ({result.pages} pages, {result.requests} requests)")
     table.add_column("skipped because")
@@ -508,7 +494,7 @@ def collect(
         _warn(f"{result.failed} download(s) failed after retries; rerun to try them again")
     if result.kept < n:
         _warn(f"only {result.kept} of {n} images found (no more pages, or --max-pages reached)")
-    stdout.print(f"manifest: {result.manifest}", soft_wrap=True)
+    stdout.print(f"manifest: {result.manifest}")
 
 
 @data_app.command("curate")
@@ -549,7 +535,6 @@ def curate(
         stdout.print(
             f"curated manifest: {export} (+ {export.with_suffix('.decisions.csv').name}, "
             f"{export.with_suffix('.summary.json').name})",
-            soft_wrap=True,
         )
         return
 
@@ -562,15 +547,13 @@ def curate(
         raise typer.BadParameter(str(error), param_hint="DIR") from None
     if not loopback:
         _warn(f"binding to {host}: anyone who can reach this address can see the images and record decisions")
-    console.print(
-        f"curation page: http://{host}:{port}/?round=1 (Ctrl+C to stop)", markup=False, soft_wrap=True
-    )
+    console.print(f"curation page: http://{host}:{port}/?round=1 (Ctrl+C to stop)")
     uvicorn.run(app, **server_options(host, port, log_level="warning"))
 
 
 def _warn(message: str) -> None:
-    """A yellow "warning:" line on stderr; the message is plain text (file and class names may hold [])."""
-    console.print(Text("warning: ", style="yellow") + Text(message), soft_wrap=True)
+    """A yellow "warning:" line on stderr."""
+    console.print(labelled("warning:", message))
 
 
 def _parse_ratios(text: str) -> tuple[float, float, float]:

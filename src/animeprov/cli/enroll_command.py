@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from animeprov.cli.errors import fail
-from animeprov.progress import console
+from animeprov.progress import console, labelled
 
 
 def enroll(
@@ -49,7 +49,7 @@ def enroll(
         raise fail(error) from None
     record = result.record
     for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(labelled("note:", note))
     print(
         f"enrolled {record['class']!r} from {len(record['files'])} images into {result.run}: "
         f"new-class accuracy out-of-fold {record['out_of_fold_accuracy_new_class']:.3f} "
@@ -61,7 +61,7 @@ def enroll(
         )
     )
     if "calibration" not in record:
-        console.print("[yellow]the new run has no calibration.json: predict gives no verdicts[/yellow]")
+        console.print("the new run has no calibration.json: predict gives no verdicts", style="yellow")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from animeprov.progress import console
+from animeprov.progress import console, labelled
 
 
 def fail(message: object, code: int = 2) -> typer.Exit:
@@ -17,5 +17,5 @@ def fail(message: object, code: int = 2) -> typer.Exit:
         if isinstance(message, PermissionError):
             reason += " (it must be readable by the user running this command)"
         message = f"{message.filename}: {reason}"
-    console.print(f"[red]error:[/red] {message}")
+    console.print(labelled("error:", message, style="red"))
     return typer.Exit(code)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from animeprov.cli.errors import fail
-from animeprov.progress import console
+from animeprov.progress import console, labelled
 
 
 def evidence(
@@ -24,7 +24,7 @@ def evidence(
     def skip(reason: object) -> None:
         nonlocal skipped
         skipped += 1
-        console.print(f"[yellow]skipped[/yellow] {reason}")
+        console.print(labelled("skipped", reason))
 
     try:
         files = list(iter_image_files(paths, recursive=recursive, on_skip=lambda f, why: skip(f"{f}: {why}")))

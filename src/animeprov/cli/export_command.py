@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from animeprov.cli.errors import fail
-from animeprov.progress import console
+from animeprov.progress import console, labelled, stdout
 
 
 def export(
@@ -36,9 +35,9 @@ def export(
     table.add_column("value")
     for key, value in result.metadata.items():
         table.add_row(key, value)
-    Console().print(table)  # tables go to stdout
+    stdout.print(table)  # tables go to stdout
     for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(labelled("note:", note))
     parity = result.parity
     if parity is None:
         return
@@ -51,14 +50,16 @@ def export(
         f"max |logit diff| {parity['prediction_path_max_abs_logit_diff']:.3g}"
     )
     if not parity["ok"]:
-        console.print(f"[red]parity FAILED[/red] (tolerance {parity['tolerance']:g}): {line}")
+        console.print(labelled("parity FAILED", f"(tolerance {parity['tolerance']:g}): {line}", style="red"))
         raise typer.Exit(1)
     print(line)
     if parity["prediction_path_max_abs_prob_diff"] > parity["tolerance"]:
         console.print(
-            "[yellow]note:[/yellow] the difference from the CPU prediction path is the float32 rounding "
-            "of the scipy and matrix DCTs (amplified by log|c| on flat images), not the export; "
-            "see docs/export.md"
+            labelled(
+                "note:",
+                "the difference from the CPU prediction path is the float32 rounding of the scipy and "
+                "matrix DCTs (amplified by log|c| on flat images), not the export; see docs/export.md",
+            )
         )
 
 

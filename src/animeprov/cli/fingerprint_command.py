@@ -9,7 +9,7 @@ from rich.table import Table
 
 from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_HUMAN_CLASS
-from animeprov.progress import console, progress_bar
+from animeprov.progress import console, labelled, progress_bar
 
 
 def fingerprint(
@@ -92,7 +92,7 @@ def fingerprint(
     console.print(table)
     for cls, fp in fingerprints.items():
         for reason in fp.skipped_examples[:3]:
-            console.print(f"[yellow]skipped ({cls}):[/yellow] {reason}")
+            console.print(labelled(f"skipped ({cls}):", reason))
     console.print(f"written {index_path}")
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_HUMAN_CLASS, VARIANTS
-from animeprov.progress import console
+from animeprov.progress import console, labelled, stdout
 
 
 def models(
@@ -34,14 +33,14 @@ def models(
             f"{row['params']:,}",
             f"{row['gflops']:.3f}",
         )
-    Console().print(table)  # tables go to stdout
+    stdout.print(table)  # tables go to stdout
     recipes = Table(title=f"training recipes (`train --recipe NAME`; default {DEFAULT_RECIPE})")
     recipes.add_column("field")
     for name in RECIPES:
         recipes.add_column(name + (" (default)" if name == DEFAULT_RECIPE else ""))
     for field in RECIPE_FIELDS:
         recipes.add_row(field, *(str(RECIPES[name][field]) for name in RECIPES))
-    Console().print(recipes)
+    stdout.print(recipes)
     print("\n".join(bundled_model_lines()))
 
 
@@ -151,7 +150,7 @@ def train(
     if not distributed.is_main():
         return  # under torchrun every rank returns the same summary: rank 0 prints it once
     for path, reason in summary["skipped"].items():
-        console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+        console.print(labelled("skipped", f"{path}: {reason}"))
     if summary["averaged_epochs"]:
         saved = f"saved the mean of the weights of the last {summary['averaged_epochs']} epochs"
     else:
@@ -189,7 +188,7 @@ def evaluate(
     except (ValueError, FileNotFoundError) as error:
         raise fail(error) from None
     for item in report["skipped"]:
-        console.print(f"[yellow]skipped[/yellow] {item['path']}: {item['reason']}")
+        console.print(labelled("skipped", f"{item['path']}: {item['reason']}"))
     detection = report["detection"]
     detection_text = f"detection accuracy {detection['accuracy']:.4f}, " if detection else ""
     console.print(
@@ -210,7 +209,7 @@ def demo(
 
     report = run_demo(out, per_class=per_class, size=size, epochs=epochs, seed=seed)
     print(report.read_text())
-    console.print(f"[bold green]report:[/bold green] {report}")
+    console.print(labelled("report:", report, style="bold green"))
 
 
 def register(app: typer.Typer) -> None:

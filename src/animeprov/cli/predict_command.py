@@ -28,7 +28,7 @@ import typer
 
 from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_MAX_TILES
-from animeprov.progress import console, progress_bar
+from animeprov.progress import console, labelled, progress_bar
 
 FORMATS = ("auto", "jsonl", "csv", "table")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -256,7 +256,7 @@ def _cut_partial_last_line(path: Path) -> None:
             position -= step
         if position < size:
             handle.truncate(position)
-            console.print(f"[yellow]cut a half-written last line off {path}[/yellow]")
+            console.print(f"cut a half-written last line off {path}", style="yellow")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,7 +509,7 @@ def predict(
                 if prediction.error:
                     counts["errors"] += 1
                     if fmt != "table":  # a table row already shows it
-                        console.print(f"[yellow]unreadable[/yellow] {prediction.error}")
+                        console.print(labelled("unreadable", prediction.error))
                 rate = counts["written"] / max(time.perf_counter() - start, 1e-9)
                 bar.update(task, advance=1, info=f"{counts['errors']} unreadable, {rate:.1f} img/s")
     finally:
@@ -524,7 +524,7 @@ def predict(
     )
     if predictor.calibration is None:
         console.print(
-            "[yellow]no calibration.json in the run: no verdicts (run `animeprov calibrate`)[/yellow]"
+            "no calibration.json in the run: no verdicts (run `animeprov calibrate`)", style="yellow"
         )
     console.print(f"Metadata evidence: {METADATA_CAVEAT}")
     if counts["written"] and counts["errors"] == counts["written"] and not done:

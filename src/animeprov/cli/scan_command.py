@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from animeprov.cli.errors import fail
-from animeprov.progress import console, progress_bar
+from animeprov.progress import console, labelled, progress_bar
 
 
 def _render(predictions: Path, out: Path, run: Path | None, heatmaps: Path | None, thumb_size: int) -> None:
@@ -34,7 +34,7 @@ def _render(predictions: Path, out: Path, run: Path | None, heatmaps: Path | Non
         except (FileNotFoundError, ValueError) as error:
             raise fail(error) from None
     for line in summary.bad_lines[:10]:
-        console.print(f"[yellow]not a prediction row[/yellow] {line}")
+        console.print(labelled("not a prediction row", line))
     counts = ", ".join(f"{name} {count}" for name, count in summary.verdicts.most_common())
     console.print(
         f"{out}: {summary.rows} files ({counts}), {out.stat().st_size / 1e6:.1f} MB"

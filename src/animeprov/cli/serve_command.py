@@ -9,7 +9,7 @@ import typer
 
 from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_MAX_TILES
-from animeprov.progress import console
+from animeprov.progress import console, labelled
 
 
 def serve(
@@ -82,8 +82,10 @@ def serve(
     allowed_hosts = allowed_hosts_for(host, allowed_host)
     if not is_loopback(host):
         console.print(
-            f"[yellow]warning:[/yellow] binding to {host}: the server is reachable from other machines; "
-            "it has no authentication"
+            labelled(
+                "warning:",
+                f"binding to {host}: the server is reachable from other machines; it has no authentication",
+            )
         )
     # Each of the --max-concurrent predictions gets its share of the threads: with all of them each, the
     # predictions of concurrent requests fought over the cores (docs/serve.md, "Latency under load").

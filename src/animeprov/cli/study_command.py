@@ -10,7 +10,7 @@ import typer
 
 from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_HUMAN_CLASS
-from animeprov.progress import console
+from animeprov.progress import console, labelled
 
 study_app = typer.Typer(no_args_is_help=True)
 
@@ -60,8 +60,9 @@ def create(
 
     if split == "train" and allow_train:
         console.print(
-            "[bold red]WARNING: stimuli from the TRAIN split. A model trained on it has seen these images; "
-            "comparing it with people here is meaningless.[/bold red]"
+            "WARNING: stimuli from the TRAIN split. A model trained on it has seen these images; "
+            "comparing it with people here is meaningless.",
+            style="bold red",
         )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -83,7 +84,7 @@ def create(
         except (ValueError, FileNotFoundError, FileExistsError) as error:
             raise fail(error) from None
     for warning in caught:
-        console.print(f"[bold yellow]WARNING:[/bold yellow] {warning.message}")
+        console.print(labelled("WARNING:", warning.message, style="bold yellow"))
     console.print(
         f"study {study['study_id']}: {len(study['stimuli'])} images ({per_class} x {len(study['classes'])} "
         f"classes, {study['size']}x{study['size']}) written to {out}"
@@ -122,8 +123,9 @@ def serve(
         raise fail(error) from None
     if not is_loopback(host):
         console.print(
-            "[yellow]listening beyond this machine: put the study behind HTTPS (a reverse proxy) so answers "
-            "do not travel in clear text[/yellow]"
+            "listening beyond this machine: put the study behind HTTPS (a reverse proxy) so answers "
+            "do not travel in clear text",
+            style="yellow",
         )
     console.print(f"participants: http://{host}:{port}/")
     console.print(f"admin page:   http://{host}:{port}/admin")
@@ -208,7 +210,7 @@ def report(
         raise fail(error) from None
     selection = result["participants"]
     if result["simulated_only"]:
-        console.print("[bold yellow]every analysed participant is SIMULATED: not human data[/bold yellow]")
+        console.print("every analysed participant is SIMULATED: not human data", style="bold yellow")
     mean = result["overall"]["mean_participant_accuracy"]
     console.print(
         f"{selection['analysed']} participants analysed ({selection['analysed_simulated']} simulated); "

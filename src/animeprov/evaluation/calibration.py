@@ -567,19 +567,19 @@ def calibrate_run(
     from animeprov import checkpoint as ckpt
     from animeprov.data.manifest import file_digest
     from animeprov.evaluation.evaluate import predict_split
-    from animeprov.progress import console
+    from animeprov.progress import console, labelled
 
     run = Path(run)
     weights = weights or ckpt.BEST_WEIGHTS
     if split == "train":
-        console.print("[yellow]calibrating on the training split: the model is over-confident there[/yellow]")
+        console.print("calibrating on the training split: the model is over-confident there", style="yellow")
     predictions, config = predict_split(
         run, data_csv, split, batch_size=batch_size, workers=workers, device=device, weights=weights
     )
     classes = list(config["classes"])
     human_class = human_class or config.get("human_class", DEFAULT_HUMAN_CLASS)
     for path, reason in predictions.errors:
-        console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+        console.print(labelled("skipped", f"{path}: {reason}"))
     calibration = fit_calibration(
         predictions.probs,
         predictions.labels,

@@ -67,7 +67,7 @@ def evaluate_run(
     )
     classes = config["classes"]
     if human_class not in classes:
-        console.print(f"[yellow]no class {human_class!r} among {classes}: detection is not reported[/yellow]")
+        console.print(f"no class {human_class!r} among {classes}: detection is not reported", style="yellow")
     report = classification_report(
         predictions.labels,
         predictions.probs,

@@ -80,7 +80,7 @@ def robustness_run(
     rows = read_split_rows(data, split)
     detect = human_class in classes
     if not detect:
-        console.print(f"[yellow]no class {human_class!r} among {classes}: detection is not reported[/yellow]")
+        console.print(f"no class {human_class!r} among {classes}: detection is not reported", style="yellow")
 
     results = []
     with progress_bar(transient=True) as bar:
