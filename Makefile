@@ -30,8 +30,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/animeprov demo --out runs/demo
 
+# One test process per core (at most 4: each can hold a GB or two), each with one torch thread: most tests
+# are short and single-threaded, so two processes keep both cores busy where one left half of them idle.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
