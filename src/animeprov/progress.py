@@ -1,4 +1,4 @@
-"""Rich progress bars, configured once for every long-running command."""
+"""The consoles (stderr: progress and messages; stdout: tables, results) and progress bars of all commands."""
 
 from __future__ import annotations
 

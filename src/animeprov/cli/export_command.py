@@ -35,7 +35,7 @@ def export(
     table.add_column("value")
     for key, value in result.metadata.items():
         table.add_row(key, value)
-    stdout.print(table)  # tables go to stdout
+    stdout.print(table)
     for note in result.notes:
         console.print(labelled("note:", note))
     parity = result.parity

@@ -33,7 +33,7 @@ def models(
             f"{row['params']:,}",
             f"{row['gflops']:.3f}",
         )
-    stdout.print(table)  # tables go to stdout
+    stdout.print(table)
     recipes = Table(title=f"training recipes (`train --recipe NAME`; default {DEFAULT_RECIPE})")
     recipes.add_column("field")
     for name in RECIPES:
