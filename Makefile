@@ -30,8 +30,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/animeprov demo --out runs/demo
 
-# One test process per core (at most 4: each can hold a GB or two), each with one torch thread: most tests
-# are short and single-threaded, so two processes keep both cores busy where one left half of them idle.
+# One test process per core (at most 4, to bound memory), each with one torch thread: most tests are short
+# and single-threaded, so two processes keep both cores busy where one left half of them idle.
 test: $(STAMP) browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
