@@ -64,3 +64,31 @@ def test_really_unreadable_weights_say_permission_denied(tmp_path: Path) -> None
     (tmp_path / ckpt.BEST_WEIGHTS).chmod(0)
     with pytest.raises(PermissionError):
         ckpt._read_tensors(tmp_path / ckpt.BEST_WEIGHTS)
+
+
+def test_resumed_adam_continues_exactly_on_channels_last_weights(tmp_path: Path) -> None:
+    # The file stores contiguous moments; fused Adam on a channels_last weight silently pairs the wrong
+    # elements unless the loader gives each moment its parameter's layout.
+    def make():
+        conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(conv.parameters(), lr=0.1, fused=True)
+        return conv, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1)
+
+    def step(conv, optimizer, seed):
+        optimizer.zero_grad()
+        x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(seed))
+        conv(x.contiguous(memory_format=torch.channels_last)).square().sum().backward()
+        optimizer.step()
+
+    torch.manual_seed(0)
+    conv, optimizer, scheduler = make()
+    step(conv, optimizer, 1)
+    ckpt.save_training_state(tmp_path / "last.safetensors", conv, optimizer, scheduler, {"epoch": 1})
+    step(conv, optimizer, 2)
+
+    resumed, resumed_optimizer, resumed_scheduler = make()
+    ckpt.load_training_state(tmp_path / "last.safetensors", resumed, resumed_optimizer, resumed_scheduler)
+    moments = resumed_optimizer.state[resumed.weight]
+    assert moments["exp_avg"].stride() == resumed.weight.stride() == conv.weight.stride()
+    step(resumed, resumed_optimizer, 2)
+    torch.testing.assert_close(resumed.weight, conv.weight, rtol=0, atol=0)

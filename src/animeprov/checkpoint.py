@@ -185,6 +185,12 @@ def load_training_state(
     optimizer.load_state_dict(
         {"state": optim_entries, "param_groups": json.loads(metadata["optimizer_param_groups"])}
     )
+    # The file holds contiguous tensors; give moments the layout of their (e.g. channels_last) parameter,
+    # which fused Adam silently assumes: with mismatched strides it pairs the wrong elements.
+    for param, entries in optimizer.state.items():
+        for name, value in entries.items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                entries[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
     scheduler.load_state_dict(json.loads(metadata["scheduler"]))
     return json.loads(metadata["state"])
 

@@ -122,11 +122,13 @@ def _make_optimizer(config: TrainConfig, model: nn.Module, pretrained: set[str])
                 "lr": config.lr * config.pretrained_lr_scale,
             }
         )
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adam or adamw")
+    optimizers = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+    if config.optimizer not in optimizers:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adam or adamw")
+    # One fused kernel per step instead of a dozen passes over every parameter (docs/results, "Training
+    # throughput"). Fused Adam exists for CPU and CUDA tensors only.
+    fused = all(p.device.type in ("cpu", "cuda") for _, p in named) or None
+    return optimizers[config.optimizer](groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
@@ -259,6 +261,8 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
     model = create_model(config.variant, len(classes), config.size)
     # before the optimizer sees it; a resumed run then loads its own state
     pretrained = initialise(model, config.init)
+    # Also before the optimizer: its state must take the parameters' final device and memory layout.
+    prepare_model(model, device)
     optimizer = _make_optimizer(config, model, pretrained)
     scheduler = _make_scheduler(config, optimizer)
     weights = _class_weights(counts).to(device) if config.weighted_loss else None
@@ -314,7 +318,6 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
             ckpt.write_config(run, _run_config(config, classes, counts, model))
     history = _read_metrics(run, state["epoch"])
 
-    prepare_model(model, device)
     trained = distributed.wrap_model(model, device)  # DDP under torchrun; save and evaluate `model` itself
     with progress_bar(disable=not distributed.is_main()) as bar:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
