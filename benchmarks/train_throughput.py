@@ -24,7 +24,7 @@ Examples:
     python benchmarks/train_throughput.py --variants cnn-dct-mask --sizes 256 512 --repeats 7
     python benchmarks/train_throughput.py --variants cnn-dct-mask --mallocs default mallopt-keep \\
         --formats channels_last --precisions fp32 bf16
-    python benchmarks/train_throughput.py --variants xception-dct-mask --formats channels_last \
+    python benchmarks/train_throughput.py --variants xception-dct-mask --formats channels_last \\
         --mallocs mallopt-keep --precisions bf16 --optimizers foreach fused
 """
 
@@ -158,10 +158,10 @@ def summarise(runs: list[dict], peak: dict[str, float]) -> dict:
     """One configuration's row: its median round, every round's images/s, the share of the matmul rate and
     the target where one is set."""
     done = sorted((run for run in runs if "images_per_s" in run), key=lambda run: run["images_per_s"])
-    if not done:
-        return runs[-1]
-    row = {**done[(len(done) - 1) // 2]}
+    row = {**(done[(len(done) - 1) // 2] if done else runs[-1])}
     del row["warmup"]
+    if not done:
+        return row
     row["images_per_s_rounds"] = [run.get("images_per_s") for run in runs]
     row["share_of_matmul_rate"] = round(row["achieved_gflops_per_s"] / peak[row["precision"]], 2)
     row["images_per_s_at_matmul_rate"] = round(peak[row["precision"]] / row["step_gflops_per_image"], 1)
@@ -239,9 +239,9 @@ def main() -> None:
                 warmup=args.warmup,
                 repeats=args.repeats,
             )
-            child = run_child(config, args.threads, malloc)
-            print(json.dumps({**config, "malloc": malloc, **child}), file=sys.stderr, flush=True)  # progress
-            rounds[key].append({**config, "malloc": malloc, **child})
+            run = {**config, "malloc": malloc, **run_child(config, args.threads, malloc)}
+            print(json.dumps(run), file=sys.stderr, flush=True)  # progress
+            rounds[key].append(run)
     results = [summarise(runs, peak) for runs in rounds.values()]
 
     report = {
