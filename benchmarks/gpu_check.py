@@ -76,7 +76,8 @@ def check_variant(
     model = create_model(variant, NUM_CLASSES, size)
     fit_stem_statistics(model.stem, [batch.images for batch in batches[:2]])
     prepare_model(model, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # fused, as `train` builds it since 2026-12-06 (docs/results/gpu-h200.md was measured with foreach)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     loss_fn = nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision in ("auto", "fp16"))
     if device.type == "cuda":
