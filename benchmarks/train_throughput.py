@@ -65,21 +65,11 @@ TARGETS = {
 DEFAULT_SIZES = {"cnn": [256, 512], "xception": [128], "pooled-cnn": [64], "efficientnet-lite0": [64]}
 
 
-def measure(
-    variant: str,
-    size: int,
-    batch_size: int,
-    memory_format: str,
-    precision: str,
-    optimizer: str,
-    warmup: int,
-    repeats: int,
-) -> dict:
-    """Runs in the child process: time `repeats` training steps after `warmup` steps."""
-    if os.environ.get("ANIMEPROV_BENCH_MALLOPT"):
-        from animeprov.engine import keep_freed_memory
-
-        keep_freed_memory()
+def training_step(
+    variant: str, size: int, batch_size: int, memory_format: str, precision: str, optimizer: str
+):
+    """(step, forward FLOPs per image): `step()` runs one training step on a fixed batch of random [0, 1]
+    images and returns its seconds."""
     import torch
     from torch import nn
 
@@ -90,7 +80,7 @@ def measure(
     torch.manual_seed(0)
     fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
     model = create_model(variant, 5, size)
-    step_flops = 3 * forward_flops(model)
+    flops = forward_flops(model)
     images = torch.rand(batch_size, 3, size, size).contiguous(memory_format=fmt)
     labels = torch.randint(0, 5, (batch_size,))
     fit_stem_statistics(model.stem, [images])
@@ -106,6 +96,26 @@ def measure(
         adam.step()
         return time.perf_counter() - start
 
+    return step, flops
+
+
+def measure(
+    variant: str,
+    size: int,
+    batch_size: int,
+    memory_format: str,
+    precision: str,
+    optimizer: str,
+    warmup: int,
+    repeats: int,
+) -> dict:
+    """Runs in the child process: time `repeats` training steps after `warmup` steps."""
+    if os.environ.get("ANIMEPROV_BENCH_MALLOPT"):
+        from animeprov.engine import keep_freed_memory
+
+        keep_freed_memory()
+    step, flops = training_step(variant, size, batch_size, memory_format, precision, optimizer)
+    step_flops = 3 * flops
     for _ in range(warmup):
         step()
     before = resource.getrusage(resource.RUSAGE_SELF)

@@ -28,7 +28,8 @@ def test_reports_both_ways_and_leaves_the_dataset_setting_as_it_was(tmp_path, mo
         writer.writeheader()
         writer.writerows(rows[:2])
     before = dataset.NEIGHBOURHOOD_AREA_RATIO
-    monkeypatch.setattr(sys, "argv", ["augment_patch_speed", str(manifest), "--repeats", "1"])
+    argv = ["augment_patch_speed", str(manifest), "--repeats", "1", "--profile", "3"]
+    monkeypatch.setattr(sys, "argv", argv)
     augment_patch_speed.main()
     report = json.loads(capsys.readouterr().out)
     assert dataset.NEIGHBOURHOOD_AREA_RATIO == before
@@ -37,6 +38,9 @@ def test_reports_both_ways_and_leaves_the_dataset_setting_as_it_was(tmp_path, mo
     for way in ("neighbourhood", "whole_image"):
         assert len(report[way]["passes"]) == 1 and report[way]["views_per_second"] > 0
     assert report["speedup"] > 0
+    costly = report["costliest_functions"]
+    assert len(costly) == 3 and all(0 < f["share"] <= 1 and f["calls"] >= 1 for f in costly)
+    assert costly[0]["share"] >= costly[-1]["share"]
     # a file that cannot give a view stops the benchmark with its name and the reason
     with open(manifest, "a", newline="") as handle:
         csv.DictWriter(handle, fieldnames=["path", "class"]).writerow(rows[2])
