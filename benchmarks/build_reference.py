@@ -176,6 +176,13 @@ def build(settings: dict, out: Path, work: Path, keep_training: bool = False) ->
     from animeprov.recipe import recipe_values, train_config
     from animeprov.train import train
 
+    missing = [m for m in settings["manifests"] if not (ROOT / m).is_file()]
+    if missing:
+        raise SystemExit(
+            f"no such manifest: {', '.join(missing)} (paths relative to the repository root). The shipped "
+            "bundle was built from the development sets of ../shared/data, which are not distributed: "
+            "--check needs them at the same paths"
+        )
     _seed_everything(settings["seed"])
     recipe = recipe_values(settings["recipe"], settings["overrides"])
     _check_replaceable(work, WORK_MARKER, "--work")

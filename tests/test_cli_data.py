@@ -1,4 +1,4 @@
-"""`animeprov data synth | index | split` end to end through the Typer app."""
+"""`animeprov --version`, and `animeprov data synth | index | split` end to end through the Typer app."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ from animeprov.cli import app
 from animeprov.data.manifest import MANIFEST_COLUMNS, image_path, read_columns, read_rows
 
 runner = CliRunner()
+
+
+def test_version_and_help_without_a_command() -> None:
+    from animeprov import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"animeprov {__version__}\n"
+    bare = runner.invoke(app, [])
+    assert "Usage" in bare.output and "predict" in bare.output  # no command: the help, not an error trace
 
 
 def make_tree(root: Path, per_class: int = 6) -> Path:

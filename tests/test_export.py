@@ -145,8 +145,11 @@ def test_cli_exports_prints_parity_and_refuses_bad_runs(runs, tmp_path):
     result = runner.invoke(app, ["export", str(run), "--onnx", str(out)])
     assert result.exit_code == 0, result.output
     assert "parity onnxruntime vs PyTorch on 8 images" in result.output
-    assert "max |probability diff|" in result.output and "CPU prediction path" in result.output
+    assert "max |probability diff|" in result.output and "CPU prediction path (scipy DCT)" in result.output
     assert read_metadata(out)["temperature"] == str(TEMPERATURE)
+    pixel = handmade_run(tmp_path / "pixel", "cnn-pixel")  # no DCT: nothing computes one differently
+    printed = runner.invoke(app, ["export", str(pixel), "--onnx", str(tmp_path / "pixel.onnx")]).output
+    assert "CPU prediction path:" in printed and "scipy" not in printed
 
     def refused(run_folder: Path, onnx_name: str) -> str:
         outcome = runner.invoke(app, ["export", str(run_folder), "--onnx", str(tmp_path / onnx_name)])

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from test_predict import CLASSES, SIZE, make_run, write_image
 from typer.testing import CliRunner
 
@@ -91,6 +94,13 @@ def test_formats_agree(run, images, tmp_path):
     lines = printed.stdout.splitlines()
     assert lines[0].split()[:2] == ["verdict", "generator"] and len(lines) == 1 + len(rows)
     assert any(line.startswith("ERROR") and "broken.png" in line for line in lines)
+    # beside the verdict, what the file's metadata says and how it was loaded
+    info = PngInfo()
+    info.add_text("parameters", "a girl\nSteps: 20, Sampler: Euler a, Model: animagine-xl")
+    rgba = np.random.default_rng(3).integers(0, 256, size=(SIZE, SIZE, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "gen.png", pnginfo=info)
+    line = invoke("predict", run, tmp_path / "gen.png", "--format", "table").stdout.splitlines()[1]
+    assert line.endswith("gen.png  [metadata: AI (animagine-xl)]  [alpha composited on (255, 255, 255)]")
     as_jsonl = invoke("predict", run, images / "a.png", "--format", "jsonl")
     assert json.loads(as_jsonl.stdout)["source"] == str(images / "a.png")
     assert invoke("predict", run, images, "--format", "table", "--out", tmp_path / "t.txt").exit_code == 2
@@ -142,6 +152,15 @@ def test_max_tiles_caps_the_tiles_judged_per_image(run, images, tmp_path):
     write_image(images / "large.png", 5 * SIZE, 5 * SIZE)  # 5 x 5 tiles
     assert views()["large.png"] == 16  # at most 16 by default
     assert views("--max-tiles", "0")["large.png"] == 25  # 0: every tile
+
+
+def test_max_pixels_refuses_larger_images_and_judges_the_rest(run, images, tmp_path):
+    out = tmp_path / "out.jsonl"
+    limit = 2 * SIZE * 2 * SIZE - 1  # sub/c.png is one pixel over
+    assert invoke("predict", run, images, "--out", out, "--max-pixels", limit).exit_code == 0
+    rows = {Path(r["source"]).name: r for r in jsonl_rows(out)}
+    assert f"exceeds the limit of {limit:,}" in rows["c.png"]["error"]
+    assert not rows["a.png"]["error"] and not rows["b.jpg"]["error"]
 
 
 def test_backend_onnx_judges_as_torch_does(run, images, tmp_path):

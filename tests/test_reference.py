@@ -188,6 +188,10 @@ def test_serve_says_which_model_answered_and_serves_its_card(tmp_path):
     card = client.get("/model-card")
     assert card.status_code == 200 and card.headers["content-type"].startswith("text/markdown")
     assert "Intended use" in card.text
+    # its links lead into the repository's docs/, which the package does not ship: named, not linked
+    assert "](" not in card.text.replace("](http", "")
+    assert "predict.md (docs/predict.md#throughput-and-memory)" in card.text
+    assert "the README (README.md)" in card.text
     page_script = client.get("/static/app.js").text
     assert "model-card" in page_script and "judged by" in page_script
 
@@ -322,6 +326,14 @@ def test_the_page_names_the_reference_model_and_links_its_card(live_server, page
     size = Predictor.reference(device="cpu").size
     page.set_input_files("#file-input", str(fixed_image(tmp_path / "fixed.png", size)))
     expect(page.locator("#results")).to_contain_text("judged by reference")
+
+
+def test_a_build_without_its_data_says_which_manifest_is_missing(tmp_path):
+    module = load_benchmark("build_reference")
+    settings = {**reference.bundle_info(BUNDLE)["build"]["args"], "manifests": ["no-such-set/manifest.csv"]}
+    with pytest.raises(SystemExit, match=r"no such manifest: no-such-set/manifest.csv .*--check needs them"):
+        module.build(settings, tmp_path / "bundle", tmp_path / "work")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "bundle").exists()  # nothing written
 
 
 def test_build_script_never_deletes_a_folder_it_did_not_write(tmp_path):

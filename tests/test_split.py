@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -202,6 +204,16 @@ def test_write_rows_is_atomic(tmp_path: Path) -> None:
         write_rows(out, failing_rows(), ["path", "class"])
     assert out.read_bytes() == before  # the old file survives an interrupted write
     assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]  # no temp file left behind
+
+
+def test_written_rows_follow_the_umask(tmp_path: Path) -> None:
+    # tempfile's files are 0600 whatever the umask: another account could not read the manifest
+    previous = os.umask(0o022)
+    try:
+        write_rows(tmp_path / "m.csv", [{"path": "a.png", "class": "a"}], ["path", "class"])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "m.csv").stat().st_mode) == 0o644
 
 
 # ---------------------------------------------------------------------------------------------------

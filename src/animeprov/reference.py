@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
@@ -157,10 +159,20 @@ def card_summary(folder: str | os.PathLike) -> dict[str, Any] | None:
     }
 
 
+# A markdown link to a file of the repository, relative to the card's home (docs/model-card.md).
+_RELATIVE_LINK = re.compile(r"\[([^\]]+)\]\((?![a-z]+:)([^)#\s]+)(#[^)\s]*)?\)")
+
+
 def card_text(folder: str | os.PathLike) -> str | None:
-    """The model card shipped in the bundle, or None."""
+    """The model card shipped in the bundle, or None. Its links point into the repository's docs/, which
+    the package does not ship: each is written out as the file's repository path, not left to go nowhere."""
     path = Path(folder) / CARD_FILE
-    return path.read_text(encoding="utf-8") if path.is_file() else None
+    if not path.is_file():
+        return None
+    return _RELATIVE_LINK.sub(
+        lambda link: f"{link[1]} ({posixpath.normpath('docs/' + link[2])}{link[3] or ''})",
+        path.read_text(encoding="utf-8"),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------

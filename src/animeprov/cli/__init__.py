@@ -27,6 +27,25 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from animeprov import __version__
+
+        typer.echo(f"animeprov {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Tell human-drawn from generated anime images, and which generator made them."""
+
+
 model_commands.register(app)  # models, train, evaluate, demo
 calibrate_command.register(app)
 predict_command.register(app)  # predict, predict-merge

@@ -23,6 +23,7 @@ def export(
     check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with PyTorch."),
 ) -> None:
     """ONNX export: input (N, 3, S, S) RGB in [0, 1], outputs logits and calibrated probabilities."""
+    from animeprov.config import get_variant
     from animeprov.export import export_onnx
     from animeprov.reference import choose_run, resolve_run
 
@@ -41,11 +42,13 @@ def export(
     parity = result.parity
     if parity is None:
         return
+    # Only a DCT stem computes differently on the CPU prediction path (scipy's DCT, not the matrix one).
+    has_dct = "dct" in get_variant(result.metadata["variant"]).stem
     line = (
         f"parity onnxruntime vs PyTorch on {parity['images']} images (batches {parity['batches']}): "
         f"max |probability diff| {parity['max_abs_prob_diff']:.3g}, "
         f"max |logit diff| {parity['max_abs_logit_diff']:.3g}; "
-        f"vs the CPU prediction path (scipy DCT): max |probability diff| "
+        f"vs the CPU prediction path{' (scipy DCT)' if has_dct else ''}: max |probability diff| "
         f"{parity['prediction_path_max_abs_prob_diff']:.3g}, "
         f"max |logit diff| {parity['prediction_path_max_abs_logit_diff']:.3g}"
     )

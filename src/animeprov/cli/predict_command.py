@@ -27,7 +27,7 @@ from typing import TextIO
 import typer
 
 from animeprov.cli.errors import fail
-from animeprov.config import DEFAULT_MAX_TILES
+from animeprov.config import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES
 from animeprov.progress import console, labelled, progress_bar
 
 FORMATS = ("auto", "jsonl", "csv", "table")
@@ -181,7 +181,15 @@ def table_line(prediction) -> str:
     views = f"{prediction.n_views}{'t' if prediction.view == 'tiles' else ''}"
     p_generated = f"{prediction.p_generated:.3f}"
     line = f"{verdict:<8} {generator:<20} {p_generated:>6}  {top[:20]:<20} {views:>5}  {prediction.source}"
-    return line + (f"  ({prediction.reason})" if prediction.reason else "")
+    # After the source: why unsure, what the metadata says (beside the verdict, never in it), loading notes.
+    extras = [f"({prediction.reason})"] if prediction.reason else []
+    indicates = prediction.evidence.get("indicates_ai")
+    if indicates is not None:
+        named = ", ".join(prediction.evidence.get("named_generators", []))
+        says = (f"AI ({named})" if named else "AI") if indicates else "a person's tool"
+        extras.append(f"[metadata: {says}]")
+    extras += [f"[{note}]" for note in prediction.notes]
+    return "  ".join([line, *extras])
 
 
 class RowWriter:
@@ -392,7 +400,9 @@ def predict(
         None, help="Override calibration: an 'ai' image whose generator score is below this is 'unknown'."
     ),
     shard: str | None = typer.Option(
-        None, help="K/N: only this shard's files (default under torchrun: RANK/WORLD_SIZE). Needs --out."
+        None,
+        help="K/N, K from 0 to N-1: only this shard's files, written to OUT.shard-K-of-N (default under "
+        "torchrun: RANK/WORLD_SIZE). Needs --out; `predict-merge` joins the shards.",
     ),
     heatmaps: Path | None = typer.Option(
         None, help="Write an overlay PNG of where the model looked for its top class per image (slow)."
@@ -409,6 +419,13 @@ def predict(
         "CPU, float32, the same answers, about 2x faster a model pass; needs the export extra; a model's "
         "first run exports it, ~7 s, kept in the cache).",
     ),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS,
+        "--max-pixels",
+        min=1,
+        help="Refuse images with more pixels than this (from the header, before decoding: decompression "
+        "bombs).",
+    ),
     stability: bool = typer.Option(
         False,
         help="Re-judge each committed verdict after JPEG 90, WebP 90 and a 4-px shift; a verdict that "
@@ -420,6 +437,7 @@ def predict(
     from animeprov.engine import keep_freed_memory
     from animeprov.evaluation.calibration import StaleCalibrationError
     from animeprov.evidence import METADATA_CAVEAT
+    from animeprov.io import LoadRules
     from animeprov.predict import PREDICT_VIEWS, STABILITY_CHECKS, ImagePrediction, Predictor
     from animeprov.reference import describe, run_and_paths
 
@@ -448,6 +466,7 @@ def predict(
             checks=STABILITY_CHECKS if stability else (),
             max_tiles=max_tiles or None,
             backend=backend,
+            load_rules=LoadRules(max_pixels=max_pixels),
         )
     except (OSError, ValueError, ImportError, StaleCalibrationError) as error:  # OSError: e.g. unreadable
         raise fail(error) from None
@@ -519,8 +538,8 @@ def predict(
         done_marker(target).write_text(json.dumps({**counts, "skipped_already_written": len(done)}) + "\n")
     seconds = time.perf_counter() - start
     console.print(
-        f"{counts['written']} files predicted ({counts['errors']} unreadable) in {seconds:.1f} s"
-        + (f", written to {target}" if target else "")
+        f"{counts['written']} file{'' if counts['written'] == 1 else 's'} predicted "
+        f"({counts['errors']} unreadable) in {seconds:.1f} s" + (f", written to {target}" if target else "")
     )
     if predictor.calibration is None:
         console.print(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -86,16 +86,9 @@ def write_rows(
     out_dir.mkdir(parents=True, exist_ok=True)
     rebase = _rebaser(Path(source_csv).parent, out_dir) if source_csv is not None else None
 
-    handle = tempfile.NamedTemporaryFile(
-        "w",
-        newline="",
-        encoding="utf-8",
-        errors=ENCODING_ERRORS,
-        dir=out_dir,
-        prefix=f".{out_csv.name}.",
-        suffix=".tmp",
-        delete=False,
-    )
+    # Not tempfile's: its files are 0600 whatever the umask, and the rename would keep that mode.
+    temporary = out_dir / f".{out_csv.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    handle = open(temporary, "x", newline="", encoding="utf-8", errors=ENCODING_ERRORS)
     count = 0
     try:
         with handle:
@@ -106,9 +99,9 @@ def write_rows(
                     row = {**row, "path": rebase(str(row["path"]))}
                 writer.writerow(row)
                 count += 1
-        os.replace(handle.name, out_csv)
+        os.replace(temporary, out_csv)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return count
 
