@@ -145,6 +145,15 @@ def test_report_command_errors(tmp_path):
     assert result.exit_code == 2 and "not a run folder" in said(result)
 
 
+def test_report_refuses_a_run_whose_classes_are_not_the_predictions(tmp_path, tiny_run):
+    # tiny_run's classes are not prediction_row's (human, gen-a): its card would describe another model
+    preds = write_jsonl(tmp_path / "p.jsonl", [prediction_row("a.png", 0.9, "ai", "gen-a")])
+    out = tmp_path / "r.html"
+    result = runner.invoke(app, ["report", str(preds), "--out", str(out), "--run", str(tiny_run)])
+    assert result.exit_code == 2 and "the predictions come from another model" in said(result)
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     from animeprov.train import TrainConfig, train

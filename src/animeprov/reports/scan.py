@@ -172,6 +172,7 @@ def render_report(
     if not predictions.is_file():
         raise FileNotFoundError(f"{predictions}: no such predictions file")
     heatmap_folder = Path(heatmaps) if heatmaps else None
+    card = model_card(Path(run) if run else None)
     summary = ReportSummary()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".report-") as scratch:
@@ -192,6 +193,14 @@ def render_report(
                 except ValueError as error:  # a cut last line, or not a predict row
                     summary.bad_lines.append(f"{predictions}:{number}: {error}")
                     continue
+                # The card shown must be the predicting model's: at least its classes must be theirs.
+                classes = sorted(data.get("probabilities") or {})
+                if card and card["classes"] and classes and classes != sorted(card["classes"]):
+                    raise ValueError(
+                        f"{predictions}:{number}: predicted with the classes {', '.join(classes)}, but --run "
+                        f"{run} has {', '.join(sorted(card['classes']))}: "
+                        "the predictions come from another model"
+                    )
                 if row["error"]:
                     errors.write(
                         f"<li><code>{html.escape(row['source'])}</code>: {html.escape(row['error'])}</li>\n"
@@ -209,7 +218,7 @@ def render_report(
                 on_row()
         tmp = out.with_name(out.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as page:
-            _write_page(page, summary, rows_path, errors_path, model_card(Path(run) if run else None), title
+            _write_page(page, summary, rows_path, errors_path, card, title
                         or f"Scan report: {predictions.name}", predictions)  # fmt: skip
         tmp.replace(out)
     return summary
