@@ -65,6 +65,8 @@ def test_training_writes_the_documented_run_folder(tiny_split, tmp_path):
     assert len(config["data_sha256"]) == 64 and config["environment"]["torch"] == torch.__version__
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
+    # each epoch's own learning rate on the cosine schedule (not the next epoch's: the last is not 0)
+    assert [line["lr"] for line in lines] == [pytest.approx(1e-3), pytest.approx(5e-4)]
     # The DCT statistics were fitted on the training split and travel with the weights.
     weights = load_file(run / "model.safetensors")
     assert weights["stem.std"].shape == (3, 32, 32) and not torch.all(weights["stem.std"] == 1)

@@ -372,6 +372,7 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
             ).pool_by_row(human_index)
             val_loss, val_accuracy, val_errors = _all_ranks_val_metrics(val)
             val_auc = _all_ranks_detection_auc(val, human_index)
+            epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained at, before the step
             scheduler.step()
             for path, reason in result.errors + val_errors:
                 skipped[path] = reason
@@ -382,7 +383,7 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
                 "val_loss": val_loss,
                 "val_accuracy": val_accuracy,
                 "val_detection_auc": val_auc,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": epoch_lr,
                 "images_per_second": result.images_per_second,
                 "seconds": result.seconds + distributed.all_reduce_max(val.seconds),
                 "skipped_files": len(skipped),
