@@ -69,4 +69,4 @@ def test_evidence_skips_links_fifos_and_unlistable_folders_with_reasons(tmp_path
     assert result.exit_code == 0, result.output
     said = " ".join(result.stderr.split())
     assert "symbolic link loop" in said and "not a regular file (a FIFO)" in said
-    assert "locked: cannot list this folder" in said and "1 files read, 4 skipped" in said
+    assert "locked: cannot list this folder" in said and "1 file read, 4 skipped" in said

@@ -22,6 +22,11 @@ console = Console(stderr=True, markup=False, soft_wrap=True)
 stdout = Console(markup=False, soft_wrap=True)
 
 
+def counted(number: int, noun: str) -> str:
+    """'1 file', '2 files': a count for people to read."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def labelled(label: str, message: object, style: str = "yellow") -> Text:
     """`label message` with only the label styled: `console.print(labelled("skipped", f"{path}: {why}"))`."""
     return Text.assemble((label, style), " ", str(message))

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from animeprov.cli.errors import fail
-from animeprov.progress import console, labelled
+from animeprov.progress import console, counted, labelled
 
 
 def evidence(
@@ -40,7 +40,7 @@ def evidence(
         summary.pop("caveat")
         print(json.dumps({"path": str(path), **summary}))
         read += 1
-    console.print(f"{read} files read, {skipped} skipped. {METADATA_CAVEAT}")
+    console.print(f"{counted(read, 'file')} read, {skipped} skipped. {METADATA_CAVEAT}")
 
 
 def register(app: typer.Typer) -> None:

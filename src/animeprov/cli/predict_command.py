@@ -28,7 +28,7 @@ import typer
 
 from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES
-from animeprov.progress import console, labelled, progress_bar
+from animeprov.progress import console, counted, labelled, progress_bar
 
 FORMATS = ("auto", "jsonl", "csv", "table")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -186,7 +186,7 @@ def table_line(prediction) -> str:
     indicates = prediction.evidence.get("indicates_ai")
     if indicates is not None:
         named = ", ".join(prediction.evidence.get("named_generators", []))
-        says = (f"AI ({named})" if named else "AI") if indicates else "a person's tool"
+        says = (f"AI ({named})" if named else "AI") if indicates else "saved by a drawing/editing program"
         extras.append(f"[metadata: {says}]")
     extras += [f"[{note}]" for note in prediction.notes]
     return "  ".join([line, *extras])
@@ -538,8 +538,8 @@ def predict(
         done_marker(target).write_text(json.dumps({**counts, "skipped_already_written": len(done)}) + "\n")
     seconds = time.perf_counter() - start
     console.print(
-        f"{counts['written']} file{'' if counts['written'] == 1 else 's'} predicted "
-        f"({counts['errors']} unreadable) in {seconds:.1f} s" + (f", written to {target}" if target else "")
+        f"{counted(counts['written'], 'file')} predicted ({counts['errors']} unreadable) in {seconds:.1f} s"
+        + (f", written to {target}" if target else "")
     )
     if predictor.calibration is None:
         console.print(

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from animeprov.cli.errors import fail
-from animeprov.progress import console, labelled, progress_bar
+from animeprov.progress import console, counted, labelled, progress_bar
 
 
 def _render(predictions: Path, out: Path, run: Path | None, heatmaps: Path | None, thumb_size: int) -> None:
@@ -37,7 +37,7 @@ def _render(predictions: Path, out: Path, run: Path | None, heatmaps: Path | Non
         console.print(labelled("not a prediction row", line))
     counts = ", ".join(f"{name} {count}" for name, count in summary.verdicts.most_common())
     console.print(
-        f"{out}: {summary.rows} files ({counts}), {out.stat().st_size / 1e6:.1f} MB"
+        f"{out}: {counted(summary.rows, 'file')} ({counts}), {out.stat().st_size / 1e6:.1f} MB"
         + (f", {summary.heatmaps} heatmaps" if summary.heatmaps else "")
     )
 
