@@ -25,6 +25,14 @@ def test_version_and_help_without_a_command() -> None:
     assert "Usage" in bare.output and "predict" in bare.output  # no command: the help, not an error trace
 
 
+def test_training_on_a_manifest_without_classes_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "labels.csv").write_text("path,label,split\na.png,x,train\n")
+    result = runner.invoke(
+        app, ["train", "--data", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2 and "no 'class' column; columns are path, label, split" in result.output
+
+
 def make_tree(root: Path, per_class: int = 6) -> Path:
     rng = np.random.default_rng(0)
     for cls in ("human", "ai"):

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from animeprov.data.manifest import file_digest, image_path, read_columns, read_rows, write_rows
+from animeprov.data.manifest import (
+    file_digest,
+    image_path,
+    read_columns,
+    read_labelled_rows,
+    read_rows,
+    write_rows,
+)
 from animeprov.data.split import (
     CrossClassGroupWarning,
     split_by_source,
@@ -204,6 +211,20 @@ def test_write_rows_is_atomic(tmp_path: Path) -> None:
         write_rows(out, failing_rows(), ["path", "class"])
     assert out.read_bytes() == before  # the old file survives an interrupted write
     assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]  # no temp file left behind
+
+
+def test_labelled_rows_need_a_class_on_every_row(tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    write_rows(good, [{"path": "a.png", "class": "x"}, {"path": "b.png", "class": "y"}], ["path", "class"])
+    assert [row["class"] for row in read_labelled_rows(good)] == ["x", "y"]
+    unnamed = tmp_path / "label.csv"
+    write_rows(unnamed, [{"path": "a.png", "label": "x"}], ["path", "label"])
+    with pytest.raises(ValueError, match=r"label.csv: no 'class' column; columns are path, label"):
+        read_labelled_rows(unnamed)
+    blank = tmp_path / "blank.csv"
+    write_rows(blank, [{"path": "a.png", "class": "x"}, {"path": "b.png", "class": " "}], ["path", "class"])
+    with pytest.raises(ValueError, match=r"blank.csv: 1 row\(s\) with an empty 'class', e.g. b.png"):
+        read_labelled_rows(blank)
 
 
 def test_written_rows_follow_the_umask(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from scipy.special import expit, logit
 
 from animeprov.checkpoint import atomic_write_text
 from animeprov.config import DEFAULT_HUMAN_CLASS
-from animeprov.data.manifest import SPLIT_COLUMN, image_path, read_rows, write_rows
+from animeprov.data.manifest import SPLIT_COLUMN, image_path, read_labelled_rows, write_rows
 from animeprov.data.split import MAX_HELD_OUT_CLASS_SHARE, pick_sources, source_kinds
 from animeprov.evaluation.calibration import CALIBRATION_FORMAT
 from animeprov.progress import console
@@ -75,7 +75,7 @@ def combine_manifests(manifests: Sequence[str | Path], out_csv: Path, by: str) -
     rows: list[dict] = []
     columns: list[str] = []
     for manifest in manifests:
-        part = list(read_rows(manifest))
+        part = read_labelled_rows(manifest)
         if not part:
             raise ValueError(f"{manifest}: no rows")
         if by not in (*part[0], "dataset"):

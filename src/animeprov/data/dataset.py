@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from animeprov.config import DEFAULT_MAX_TILES
-from animeprov.data.manifest import image_path, read_rows
+from animeprov.data.manifest import image_path, read_labelled_rows
 from animeprov.io import ImageError, LoadRules, load_image, make_views, tile_grid
 from animeprov.perturb import PATCH_CONTEXT, Augmenter, perturb, perturb_patch, perturbed_shape
 
@@ -34,7 +34,7 @@ class Batch:
 
 def read_split_rows(csv_path: str | Path, split: str | None) -> list[dict]:
     """Rows of a split CSV (or a plain manifest when `split` is None)."""
-    rows = list(read_rows(csv_path))
+    rows = read_labelled_rows(csv_path)
     if split is None:
         return rows
     if rows and "split" not in rows[0]:

@@ -63,6 +63,19 @@ def read_rows(csv_path: str | Path) -> Iterator[dict[str, str]]:
             yield dict(zip(columns, values + [""] * (len(columns) - len(values)), strict=True))
 
 
+def read_labelled_rows(csv_path: str | Path) -> list[dict[str, str]]:
+    """Every row of a manifest of labelled images: `read_rows`, plus a ValueError naming the CSV when it has
+    no `class` column or a row leaves it empty (which would otherwise become a class named '')."""
+    columns = read_columns(csv_path)
+    if "class" not in columns:
+        raise ValueError(f"{csv_path}: no 'class' column; columns are {', '.join(columns)}")
+    rows = list(read_rows(csv_path))
+    unlabelled = [row["path"] for row in rows if not row["class"].strip()]
+    if unlabelled:
+        raise ValueError(f"{csv_path}: {len(unlabelled)} row(s) with an empty 'class', e.g. {unlabelled[0]}")
+    return rows
+
+
 def image_path(csv_path: str | Path, row: dict[str, str]) -> Path:
     """The file a manifest row points at: its `path`, resolved against the CSV's own folder."""
     return Path(csv_path).parent / row["path"]

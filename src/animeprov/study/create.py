@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from animeprov import __version__
 from animeprov.config import DEFAULT_HUMAN_CLASS
-from animeprov.data.manifest import SPLIT_COLUMN, file_digest, image_path, read_rows
+from animeprov.data.manifest import SPLIT_COLUMN, file_digest, image_path, read_labelled_rows
 from animeprov.io import ImageError, load_image, make_views, sha256_file
 
 STUDY_FILE = "study.json"
@@ -230,7 +230,7 @@ def png_chunk_types(data: bytes) -> list[str]:
 
 
 def _rows_of_split(data_csv: Path, split: str) -> list[dict[str, str]]:
-    rows = list(read_rows(data_csv))
+    rows = read_labelled_rows(data_csv)
     if not rows:
         raise ValueError(f"{data_csv}: no rows")
     if SPLIT_COLUMN not in rows[0]:
