@@ -267,6 +267,21 @@ def test_a1111_parameters_quote_values_with_commas() -> None:
     assert line.startswith("Steps: 30, Sampler: PLMS, CFG scale: 7.5, Seed: 5, Size: 512x512, Model: a/b")
 
 
+def test_weights_that_cannot_be_had_offline_are_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without the Hub: nothing cached
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "1girl"}\n', encoding="utf-8")
+    args = ["data", "generate", "--model", "waifu-diffusion", "--prompts", str(prompts), "--n", "1",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    result = runner.invoke(app, args)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "cannot load hakurei/waifu-diffusion" in said, result.output
+    assert "or give a local diffusers folder or .safetensors file" in said and "Traceback" not in said
+
+
 def test_missing_diffusers_gives_an_install_hint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
     prompts = tmp_path / "prompts.jsonl"

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_MAX_PIXELS
 from animeprov.progress import console, labelled, progress_bar, stdout
 
@@ -360,6 +361,7 @@ def generate(
         DEFAULT_NEGATIVE_PROMPT,
         GenerateDependencyError,
         GenerationSettings,
+        ModelUnavailableError,
         generate_images,
         import_diffusers,
         load_pipeline,
@@ -395,17 +397,20 @@ def generate(
         f"model {settings.model} -> class {settings.class_name} on {device_name} ({dtype}); "
         f"safety checker {'on' if safety_checker else 'off'}",
     )
-    with progress_bar() as bar:
-        task = bar.add_task("generating", total=n, info=str(out))
-        result = generate_images(
-            out,
-            settings,
-            prompt_list,
-            n,
-            load=lambda: load_pipeline(settings, device_name),
-            batch_size=batch_size,
-            on_progress=lambda k: bar.update(task, advance=k),
-        )
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("generating", total=n, info=str(out))
+            result = generate_images(
+                out,
+                settings,
+                prompt_list,
+                n,
+                load=lambda: load_pipeline(settings, device_name),
+                batch_size=batch_size,
+                on_progress=lambda k: bar.update(task, advance=k),
+            )
+    except (ModelUnavailableError, ValueError) as error:
+        raise fail(error, code=1) from None
     flagged = f", {result.flagged} flagged by the safety checker (not saved)" if result.flagged else ""
     stdout.print(
         f"{result.generated} generated, {result.reused} kept from an earlier run{flagged}; "

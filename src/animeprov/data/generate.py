@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,6 +118,10 @@ class GenerateDependencyError(ImportError):
     pass
 
 
+class ModelUnavailableError(RuntimeError):
+    """The generator's weights cannot be loaded here (offline and not cached, or not a pipeline)."""
+
+
 def import_diffusers():
     """diffusers, or a GenerateDependencyError saying how to install it."""
     try:
@@ -199,15 +204,24 @@ def load_pipeline(settings: GenerationSettings, device: str):
     if not settings.safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     path = Path(settings.model)
-    if path.is_file():
-        if path.suffix.lower() != ".safetensors":
-            raise ValueError(
-                f"{path}: only .safetensors single-file checkpoints are loaded (pickled .ckpt/.bin files "
-                "can run code); convert it to safetensors first"
-            )
-        pipe = diffusers.StableDiffusionPipeline.from_single_file(str(path), **kwargs)
-    else:
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(settings.model, **kwargs)
+    try:
+        if path.is_file():
+            if path.suffix.lower() != ".safetensors":
+                raise ValueError(
+                    f"{path}: only .safetensors single-file checkpoints are loaded (pickled .ckpt/.bin "
+                    "files can run code); convert it to safetensors first"
+                )
+            pipe = diffusers.StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+        else:
+            pipe = diffusers.StableDiffusionPipeline.from_pretrained(settings.model, **kwargs)
+    except OSError as error:  # not downloadable here, not in the cache, or not a diffusers folder
+        # diffusers' own message, less its pointer to a stack trace that is not shown
+        sentences = re.split(r"(?<=\.)\s+", str(error).splitlines()[0] if str(error) else repr(error))
+        reason = " ".join(sentence for sentence in sentences if "stacktrace" not in sentence)
+        raise ModelUnavailableError(
+            f"cannot load {settings.model}: {reason} Download it where the Hugging Face Hub is reachable "
+            "(it is then cached), or give a local diffusers folder or .safetensors file"
+        ) from None
     scheduler_class = getattr(diffusers, SCHEDULERS[settings.scheduler][0])
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
