@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from animeprov.crossval import (
     CrossvalConfig,
+    _check_fold_has_both_kinds,
     assign_folds,
     combine_manifests,
     fold_split,
@@ -187,6 +189,23 @@ def test_combine_manifests_makes_paths_absolute_and_needs_the_column(tmp_path):
         combine_manifests([manifest], tmp_path / "all.csv", "artist")
 
 
+def test_a_fold_of_one_kind_has_no_figures_of_the_other_and_no_nan():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "mean of empty slice" would be one
+        metrics = pooled_metrics([_prediction("h1", "human", 0.2, "artist")], "human", {0: {"human"}})
+    assert metrics["human_correct_at_0.5"] == 1.0 and metrics["ai_recall_at_0.5"] is None
+    assert metrics["balanced_accuracy"] is None and metrics["roc_auc"] is None
+
+
+def test_a_fold_without_validation_sources_of_both_kinds_says_why():
+    rows = fold_split(_rows({"h1": ("human", 5), "h2": ("human", 5), "a1": ("gen-a", 5)}), ["h2"],
+                      "source", "human", val_by="source", val_share=0.3, seed=0)  # fmt: skip
+    config = CrossvalConfig(manifests=("m.csv",), recipe="traces")
+    why = r"leaves the val split .*\(no images there\); validation takes whole sources, only of a class"
+    with pytest.raises(ValueError, match=why):
+        _check_fold_has_both_kinds(rows, config, ["h2"])
+
+
 def test_crossval_runs_end_to_end_and_resumes(tmp_path):
     manifest = _write_source_tree(tmp_path / "set")
     config = CrossvalConfig(
@@ -208,6 +227,10 @@ def test_crossval_runs_end_to_end_and_resumes(tmp_path):
         assert test_sources == set(report["folds"][fold]["held_out"])
         assert not test_sources & {r["source"] for r in split if r["split"] != "test"}
     assert (out / "report.md").exists() and (out / "sources.png").exists()
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("# Sources held out: recipe `paper`")  # K folds, not one source per fold
+    assert "3 folds over the `source` column" in markdown
+    assert "| h2 | human | 6 | 0.50 | 0.50 | 0 | 6 | 0 |" in markdown  # one seed: whole counts
     before = (out / "fold-00" / "seed-0" / "predictions.jsonl").stat().st_mtime_ns
     again = run_crossval(config, out)  # resumes: nothing retrained or re-predicted
     assert (out / "fold-00" / "seed-0" / "predictions.jsonl").stat().st_mtime_ns == before

@@ -36,7 +36,7 @@ from animeprov.config import DEFAULT_HUMAN_CLASS
 from animeprov.data.manifest import SPLIT_COLUMN, image_path, read_labelled_rows, write_rows
 from animeprov.data.split import MAX_HELD_OUT_CLASS_SHARE, pick_sources, source_kinds
 from animeprov.evaluation.calibration import CALIBRATION_FORMAT
-from animeprov.progress import console
+from animeprov.progress import console, counted
 
 PREDICTIONS_FILE = "predictions.jsonl"
 DONE_FILE = "crossval-done.json"
@@ -194,10 +194,10 @@ def run_crossval(config: CrossvalConfig, out: str | Path) -> dict[str, Any]:
                 seed=seed,
                 max_class_share=config.max_val_class_share,
             )
+            _check_fold_has_both_kinds(split_rows, config, sources)
             split_csv = folder / "split.csv"
             if not split_csv.exists():
                 write_rows(split_csv, split_rows, list(split_rows[0]))
-            _check_fold_has_both_kinds(split_rows, config, sources)
             trained = train_config(
                 config.recipe,
                 overrides=config.overrides,
@@ -280,11 +280,21 @@ def _check_settings(out: Path, config: CrossvalConfig, data_sha256: str) -> None
 def _check_fold_has_both_kinds(rows: list[dict], config: CrossvalConfig, held: list[str]) -> None:
     for split in ("train", "val"):
         classes = {row["class"] for row in rows if row[SPLIT_COLUMN] == split}
-        if config.human_class not in classes or classes == {config.human_class}:
-            raise ValueError(
-                f"holding out {', '.join(held)} leaves the {split} split without human or without generated "
-                f"images ({sorted(classes)}); use fewer --folds or more sources"
+        if config.human_class in classes and classes != {config.human_class}:
+            continue
+        found = f"classes there: {', '.join(sorted(classes))}" if classes else "no images there"
+        if split == "train":
+            advice = "use more --folds (fewer sources held out at once) or more sources"
+        else:
+            advice = (
+                "validation takes whole sources, only of a class that keeps another source for training, "
+                f"and at most --max-val-class-share ({config.max_val_class_share:g}) of its images: give "
+                "each class more sources, raise that share, or use --val-by group"
             )
+        raise ValueError(
+            f"holding out {', '.join(held)} leaves the {split} split without human or without generated "
+            f"images ({found}); {advice}"
+        )
 
 
 def _predict_fold(folder: Path, rows: list[dict], config: CrossvalConfig) -> None:
@@ -350,7 +360,9 @@ def pooled_metrics(
     judged_ai = verdicts == "ai"
     committed = (verdicts == "ai") | (verdicts == "artist")
     correct_commit = (judged_ai & generated) | ((verdicts == "artist") & ~generated)
-    tpr, tnr = float((p[generated] >= 0.5).mean()), float((p[~generated] < 0.5).mean())
+    # None, not the nan (and numpy's warning) of a mean over nothing, when a kind has no image here
+    tpr = float((p[generated] >= 0.5).mean()) if generated.any() else None
+    tnr = float((p[~generated] < 0.5).mean()) if (~generated).any() else None
     attributed = [
         row
         for row in rows
@@ -437,7 +449,9 @@ def ensemble_metrics(predictions: dict[int, list[dict]], human_class: str) -> di
     p = expit(logit(p_seeds).mean(axis=1))
     if generated.all() or (~generated).all():
         return {"n": len(rows)}
-    tpr, tnr = float((p[generated] >= 0.5).mean()), float((p[~generated] < 0.5).mean())
+    # None, not the nan (and numpy's warning) of a mean over nothing, when a kind has no image here
+    tpr = float((p[generated] >= 0.5).mean()) if generated.any() else None
+    tnr = float((p[~generated] < 0.5).mean()) if (~generated).any() else None
     return {
         "n": len(rows),
         "seeds": len(predictions),
@@ -506,6 +520,13 @@ def format_stat(stat: dict[str, Any], digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
 
 
+def format_count(stat: dict[str, Any]) -> str:
+    """A count's `mean_sd`: a whole number for one seed, else the mean ± sd to one decimal."""
+    if stat["n_seeds"] == 1 and stat["mean"] == int(stat["mean"]):
+        return str(int(stat["mean"]))
+    return format_stat(stat, 1)
+
+
 POOLED_LABELS = {
     "roc_auc": "ROC-AUC of P(generated)",
     "balanced_accuracy": "balanced detection accuracy at 0.5",
@@ -524,16 +545,17 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     config = report["config"]
     seeds = ", ".join(map(str, config["seeds"]))
     n = next(iter(report["per_seed"].values()), {}).get("n", 0)
+    design = "Leave-one-source-out" if not config.get("folds") else "Sources held out"
     lines = [
-        f"# Leave-one-source-out: recipe `{config['recipe']}`"
+        f"# {design}: recipe `{config['recipe']}`"
         + (
             f" with {', '.join(f'{k}={v}' for k, v in config['overrides'].items())}"
             if config["overrides"]
             else ""
         ),
         "",
-        f"{len(report['folds'])} folds over the `{config['by']}` column, seeds {seeds}, {n} test images per "
-        f"seed (validation: {config['val_by']}). Mean ± sd over seeds.",
+        f"{counted(len(report['folds']), 'fold')} over the `{config['by']}` column, seeds {seeds}, {n} test "
+        f"images per seed (validation: {config['val_by']}). Mean ± sd over seeds.",
         "",
         "| metric | value |",
         "| :--- | ---: |",
@@ -551,9 +573,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     for name, entry in sorted(report["sources"].items(), key=lambda item: (item[1]["kind"], item[0])):
         lines.append(
             f"| {name} | {entry['kind']} | {entry['n']} | {format_stat(entry['correct_at_0.5'], 2)} | "
-            f"{format_stat(entry['mean_p_generated'], 2)} | {format_stat(entry['artist'], 1)} | "
-            f"{format_stat(entry['unsure'], 1)} | "
-            f"{format_stat(entry['ai'], 1)} |"
+            f"{format_stat(entry['mean_p_generated'], 2)} | {format_count(entry['artist'])} | "
+            f"{format_count(entry['unsure'])} | {format_count(entry['ai'])} |"
         )
     ensemble = report.get("ensemble")
     if ensemble and "roc_auc" in ensemble:

@@ -74,7 +74,8 @@ def crossval(
     except (ValueError, FileNotFoundError) as error:
         raise fail(error) from None
     print((out / "report.md").read_text(encoding="utf-8"))
-    console.print(f"written {out / 'report.md'}, {out / 'report.json'}, {out / 'sources.png'}")
+    written = [out / name for name in ("report.md", "report.json", "sources.png", "risk_coverage.png")]
+    console.print("written " + ", ".join(str(path) for path in written if path.exists()))
 
 
 def register(app: typer.Typer) -> None:
