@@ -127,7 +127,16 @@ def test_split_warns_about_small_classes_and_bad_columns(tmp_path: Path) -> None
     result = runner.invoke(app, ["data", "split", str(manifest), "--per-class", "-3"])
     assert result.exit_code == 2
     result = runner.invoke(app, ["data", "split", str(manifest), "--group-column", "artist"])
-    assert result.exit_code == 2 and "artist" in result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "has no 'artist' column" in said
+    assert "name another column with --group-column (e.g. source" in said
+    # a `file` column (read as `path`) can group too, under either name
+    (tmp_path / "files.csv").write_text(manifest.read_text().replace("path,", "file,", 1))
+    for name in ("file", "path"):
+        out = tmp_path / f"by-{name}.csv"
+        result = runner.invoke(app, ["data", "split", str(tmp_path / "files.csv"), "--out", str(out),
+                                     "--group-column", name])  # fmt: skip
+        assert result.exit_code == 0 and len(list(read_rows(out))) == 8, result.output
 
 
 def test_split_by_source_holds_out_whole_sources(tmp_path: Path) -> None:

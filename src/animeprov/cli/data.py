@@ -173,11 +173,19 @@ def split(
         columns = read_columns(manifest)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="MANIFEST") from None
+    if group_column == "file" and "path" in columns:
+        group_column = "path"  # a `file` column is read as `path` (manifest.read_columns)
     needed = {"class": "MANIFEST"} | ({by: "--by"} if by is not None else {group_column: "--group-column"})
     for name, hint in needed.items():
         if name not in columns:
+            advice = (
+                "; `animeprov data index` writes one, or name another column with --group-column (e.g. "
+                "source, which keeps each source whole, or path: every image its own group)"
+                if hint == "--group-column"
+                else ""
+            )
             raise typer.BadParameter(
-                f"{manifest} has no {name!r} column ({', '.join(columns)})", param_hint=hint
+                f"{manifest} has no {name!r} column ({', '.join(columns)}){advice}", param_hint=hint
             )
 
     rows = list(read_rows(manifest))
