@@ -163,6 +163,7 @@ def test_generate_writes_images_manifest_and_a1111_parameters(
     assert {row["class"] for row in rows} == {"tiny"} and {row["scheduler"] for row in rows} == {
         "PNDMScheduler"
     }
+    assert {row["model"] for row in rows} == {tiny_model.name}  # a shared manifest holds no local path
     for row in rows:
         raw = (out / row["path"]).read_bytes()
         loaded = load_image(raw)

@@ -216,6 +216,23 @@ def test_cli_train_without_a_recipe_uses_the_default_one(tmp_path, monkeypatch):
         assert "decoder-trace" in config["classes"] and any((tmp_path / "cache" / "taef2").iterdir())
 
 
+def test_a_human_class_not_in_the_data_is_said_before_training(tiny_split, tmp_path, capsys):
+    summary = train(_config(tiny_split, epochs=1, human_class="artist"), tmp_path / "run")
+    said = capsys.readouterr().err
+    assert "warning: the human class 'artist' is not among the training classes (gen-a, gen-b, human)" in said
+    assert said.index("warning:") < said.index("epoch 1/1") and "not calibrated" in summary["calibration"]
+
+
+def test_early_stopping_is_said_and_logged(tiny_split, tmp_path, monkeypatch, capsys):
+    accuracies = iter([0.9, 0.5, 0.6, 0.7])  # the best at epoch 1, then two epochs without better
+    monkeypatch.setattr(train_module, "_all_ranks_val_metrics", lambda val: (1.0, next(accuracies), []))
+    run = tmp_path / "run"
+    summary = train(_config(tiny_split, epochs=4, patience=2), run)
+    assert summary["epochs_done"] == 3 and summary["best_epoch"] == 1
+    said = "stopped early after epoch 3: 2 epochs without a better val_accuracy (patience 2)"
+    assert said in capsys.readouterr().err and said in (run / "train.log").read_text()
+
+
 def test_select_on_detection_auc_keeps_the_epoch_with_the_best_val_auc(tiny_split, tmp_path, monkeypatch):
     # Scripted validation figures: accuracy peaks at epoch 1, detection AUC at epoch 2.
     accuracies, aucs = iter([0.9, 0.5, 0.6, 0.7]), iter([0.6, 0.9, 0.7, 0.8])

@@ -33,7 +33,7 @@ from animeprov.engine import (
 from animeprov.models import create_model
 from animeprov.models.registry import initialise
 from animeprov.perturb import parse_augment
-from animeprov.progress import progress_bar
+from animeprov.progress import console, counted, labelled, progress_bar
 from animeprov.transforms.stem import fit_stem_statistics
 
 log = logging.getLogger("animeprov.train")
@@ -226,11 +226,15 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
         train_rows, pair_keys = _with_pairs(config, train_rows, skipped)
     classes = class_names_of(train_rows)
     if config.human_class not in classes:
-        log.warning(
-            "human class %r not in training classes %s: detection metrics will be off",
-            config.human_class,
-            classes,
+        # said before the epochs, not only after them: a misnamed human class costs the whole run
+        message = (
+            f"the human class {config.human_class!r} is not among the training classes "
+            f"({', '.join(classes)}): no verdicts (nothing to calibrate on) and no detection metrics; "
+            "name the class of people's images with --human-class"
         )
+        log.warning(message)
+        if distributed.is_main():
+            console.print(labelled("warning:", message))
     train_set = ImageDataset(
         config.data,
         train_rows,
@@ -249,10 +253,11 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
     counts = train_set.class_counts()
     imbalance = max(counts.values()) / max(min(counts.values()), 1)
     log.info(
-        "classes %s, train counts %s (imbalance %.2fx), val %d images, device %s, %d process(es)",
+        "classes %s, train counts %s (imbalance %.2fx), val %d images (%d views), device %s, %d process(es)",
         classes,
         counts,
         imbalance,
+        len(val_rows),
         len(val_set),
         device,
         distributed.world_size(),
@@ -319,9 +324,17 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
     history = _read_metrics(run, state["epoch"])
 
     trained = distributed.wrap_model(model, device)  # DDP under torchrun; save and evaluate `model` itself
+    stopped_early = None
     with progress_bar(disable=not distributed.is_main()) as bar:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             if state["stale_epochs"] >= config.patience:
+                stale = counted(state["stale_epochs"], "epoch")
+                message = (
+                    f"stopped early after epoch {epoch - 1}: {stale} without a better "
+                    f"{SELECTION_METRICS[config.select_on]} (patience {config.patience})"
+                )
+                log.info(message)
+                stopped_early = message
                 break
             train_set.set_epoch(epoch)  # new, reproducible augmentations each epoch
             sampler = distributed.train_sampler(train_set, seed=config.seed * 100_003, epoch=epoch)
@@ -408,6 +421,8 @@ def _train(config: TrainConfig, run: Path, resume: bool, allow_changes: bool = F
             distributed.barrier()  # nobody goes on (or reads the run) while rank 0 is writing it
             bar.update(task, info=f"loss {row['train_loss']:.3f} val acc {row['val_accuracy']:.3f}")
             log.info("epoch %d %s", epoch, json.dumps(row))
+    if distributed.is_main() and stopped_early:
+        console.print(stopped_early)  # after the progress display, which would overwrite it
     if distributed.is_main():
         for path, reason in skipped.items():
             log.warning("skipped %s: %s", path, reason)
@@ -605,7 +620,7 @@ def _fit_stem(
         model.stem.set_statistics(mean, var.sqrt().clamp_min(stats.min_std))
         errors = _all_ranks_errors(errors)
     skipped.update(dict(errors))
-    log.info("fitted DCT statistics on %d training images", count)
+    log.info("fitted DCT statistics on %d training views", count)  # a random patch, tile or crop each
 
 
 def _run_config(config: TrainConfig, classes: list[str], counts: dict[str, int], model: nn.Module) -> dict:

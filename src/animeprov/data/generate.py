@@ -403,7 +403,7 @@ def _save(out: Path, job: _Job, image: Image.Image, settings: GenerationSettings
         "format": "PNG",
         "group": f"{settings.class_name}-{job.prompt_id}",  # one prompt, one group (repeats look alike)
         "generator": settings.class_name,
-        "model": settings.model,
+        "model": model_label(settings.model),  # a shared manifest names a local model, not its path
         "prompt_id": job.prompt_id,
         "prompt": job.prompt,
         "negative_prompt": settings.negative_prompt,
