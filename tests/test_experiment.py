@@ -125,7 +125,7 @@ def test_tiny_grid_runs_end_to_end_resumes_and_reports_unseen_classes(grid, tmp_
     grid.write_text(TINY_GRID.replace("batch_size = 8", "batch_size = 4"))
     result = run_cli("experiment", grid, "--out", out)
     assert result.exit_code == 2
-    assert "other settings" in " ".join(result.output.split())
+    assert "other settings (batch_size 8 -> 4;" in " ".join(result.output.split())
 
 
 def test_cell_report_counts_unseen_classes_for_detection_only():

@@ -477,9 +477,15 @@ def _done(folder: Path, settings: dict[str, Any]) -> bool:
     if not marker.is_file():
         return False
     previous = json.loads(marker.read_text(encoding="utf-8"))
-    if previous.get("settings") != settings:
+    before = previous.get("settings") or {}
+    if before != settings:
+        changed = ", ".join(
+            f"{key} {before.get(key)!r} -> {settings.get(key)!r}"
+            for key in sorted(before.keys() | settings.keys())
+            if before.get(key) != settings.get(key)
+        )
         raise ConfigError(
-            f"{folder} was run with other settings ({marker}); "
+            f"{folder} was run with other settings ({changed}; {marker}); "
             "use another --out, or delete that folder to redo it"
         )
     return True
