@@ -449,9 +449,7 @@ def ensemble_metrics(predictions: dict[int, list[dict]], human_class: str) -> di
     p = expit(logit(p_seeds).mean(axis=1))
     if generated.all() or (~generated).all():
         return {"n": len(rows)}
-    # None, not the nan (and numpy's warning) of a mean over nothing, when a kind has no image here
-    tpr = float((p[generated] >= 0.5).mean()) if generated.any() else None
-    tnr = float((p[~generated] < 0.5).mean()) if (~generated).any() else None
+    tpr, tnr = float((p[generated] >= 0.5).mean()), float((p[~generated] < 0.5).mean())
     return {
         "n": len(rows),
         "seeds": len(predictions),
