@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup demo test lint bench clean browser
+.PHONY: setup demo test lint bench clean browser check-reference
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+# Rebuild the shipped reference model and compare it byte for byte (about 5 min, one thread; needs the
+# development sets of ../shared/data and gives the same bytes only on the build's CPU and library versions).
+# Run it after any change to training code: nothing in `make test` notices a stale bundle.
+check-reference: $(STAMP)
+	$(BIN)/python benchmarks/build_reference.py --check --work runs/reference-check
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
