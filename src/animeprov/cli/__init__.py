@@ -26,6 +26,7 @@ app = typer.Typer(
     help="Tell human-drawn from generated anime images, and which generator made them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
