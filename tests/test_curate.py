@@ -134,10 +134,12 @@ def test_manifest_pointing_outside_the_folder_is_refused(tmp_path: Path) -> None
 def test_a_manifest_naming_a_non_image_file_never_gets_it_served(tmp_path: Path) -> None:
     folder = make_set(tmp_path / "set", count=1)
     (folder / "page.html").write_text("<script>alert(1)</script>")
-    (folder / "manifest.csv").write_text("path,class\npage.html,gen\n")
-    client = TestClient(create_app(folder), base_url="http://127.0.0.1:8765")
-    response = client.get("/api/items/1/image")
-    assert response.status_code == 415 and "<script>" not in response.text
+    (folder / "manifest.csv").write_text("path,class\npage.html,gen\ngen/00.png,gen\n")
+    with pytest.warns(UserWarning, match="page.html: .*left out of the curation set"):
+        client = TestClient(create_app(folder), base_url="http://127.0.0.1:8765")
+    assert client.get("/api/items/1/image").headers["content-type"] == "image/png"  # gen/00.png
+    response = client.get("/api/items/2/image")
+    assert response.status_code == 404 and "<script>" not in response.text
 
 
 def test_cli_export_prints_acceptance_rates(tmp_path: Path) -> None:
@@ -209,6 +211,17 @@ def test_nan_json_oversized_bodies_and_foreign_hosts_get_json_errors(tmp_path: P
     foreign = client.get("/api/config", headers={"Host": "attacker.example"})
     assert foreign.status_code == 400 and "invalid Host header" in foreign.json()["detail"]  # was text/plain
     assert client.get("/api/next", params={"round": 1}).json()["item"]["id"] == 1  # nothing was decided
+
+
+def test_files_that_do_not_decode_are_left_out_with_a_warning(tmp_path: Path) -> None:
+    folder = make_set(tmp_path / "set", count=2, manifest=False)
+    whole = (folder / "gen" / "00.png").read_bytes()
+    (folder / "gen" / "cut.png").write_bytes(whole[: len(whole) // 2])  # truncated
+    (folder / "gen" / "text.png").write_text("not an image")
+    with pytest.warns(UserWarning, match="left out of the curation set") as caught:
+        store = open_store(folder, rounds=1)
+    assert [item.path for item in store.all_items()] == ["gen/00.png", "gen/01.png"]
+    assert sorted(Path(str(w.message).split(":")[0]).name for w in caught) == ["cut.png", "text.png"]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs need POSIX")

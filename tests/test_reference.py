@@ -322,10 +322,19 @@ def test_the_page_names_the_reference_model_and_links_its_card(live_server, page
     page.goto(url)
     info = page.locator("#model-info")
     expect(info).to_contain_text("model reference (")
-    expect(info.get_by_role("link", name="model card")).to_have_attribute("href", "/model-card")
+    link = info.get_by_role("link", name="model card")
+    expect(link).to_have_attribute("href", "/model-card")
     size = Predictor.reference(device="cpu").size
     page.set_input_files("#file-input", str(fixed_image(tmp_path / "fixed.png", size)))
     expect(page.locator("#results")).to_contain_text("judged by reference")
+    # the card opens beside the page: the results stay
+    with page.context.expect_page() as opened:
+        link.click()
+    expect(opened.value.locator("body")).to_contain_text("Intended use")
+    expect(page.locator("#results")).to_contain_text("judged by reference")
+    # on a phone, nothing widens the page past the screen (the view menu's long options did)
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
 def test_a_build_without_its_data_says_which_manifest_is_missing(tmp_path):

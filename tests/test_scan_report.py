@@ -92,6 +92,7 @@ def test_report_counts_rows_thumbnails_and_lists_unreadable_files(tmp_path, imag
     assert embedded[3]["verdict"] == "unreadable" and "truncated image data" in embedded[3]["error"]
     unreadable = re.search(r'<section id="unreadable">(.*?)</section>', page, re.S)[1]
     assert "broken.png" in unreadable and "truncated image data" in unreadable
+    assert unreadable.count("broken.png") == 1  # the file named once, then the reason
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # nothing to fetch from anywhere
     assert not list(out.parent.glob(".report-*"))  # the scratch folder is gone

@@ -93,3 +93,19 @@ def test_a_file_that_is_not_an_image_shows_the_servers_message(site, tmp_path):
     expect(status).to_contain_text("not a recognised image")
     # The failed upload is the only console error (the browser logs the 415 itself).
     assert all("415" in problem for problem in problems)
+
+
+def test_a_too_small_image_names_the_pages_own_option(site, tmp_path):
+    _, page, problems = site
+    path = tmp_path / "tiny.png"
+    Image.new("RGB", (10, 10), (200, 30, 30)).save(path)
+
+    page.set_input_files("#file-input", str(path))
+
+    status = page.locator(".result .status.error")
+    expect(status).to_contain_text("HTTP 422")
+    expect(status).to_contain_text("On this page: choose “one centre crop; smaller images padded”")
+    page.select_option("#view-select", "pad")
+    page.set_input_files("#file-input", str(path))
+    expect(page.locator(".result").first.locator(".verdict")).to_be_visible()
+    assert all("422" in problem for problem in problems)

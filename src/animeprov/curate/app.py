@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from animeprov.config import IMAGE_EXTENSIONS
 from animeprov.data.manifest import MANIFEST_COLUMNS, read_columns, read_rows, relative_path, write_rows
-from animeprov.io import iter_image_files
+from animeprov.io import ImageError, iter_image_files, load_image
 from animeprov.web import protect
 
 MANIFEST_NAME = "manifest.csv"
@@ -84,7 +84,9 @@ class Item:
 
 
 def load_curation_rows(folder: Path) -> tuple[list[dict[str, str]], list[str]]:
-    """(rows, columns) of the set: its manifest.csv, or every image under the folder.
+    """(rows, columns) of the set: its manifest.csv, or every image under the folder. A file that does not
+    decode (corrupt, truncated, not an image) is left out with a warning naming it and the reason: a
+    reviewer could not judge it, and accepted it would reach a training set.
 
     A manifest row whose file lies outside the folder or does not exist is refused (ValueError).
     """
@@ -99,7 +101,7 @@ def load_curation_rows(folder: Path) -> tuple[list[dict[str, str]], list[str]]:
                 raise ValueError(f"{manifest}: {row['path']!r} lies outside {folder}")
             if not target.is_file():
                 raise ValueError(f"{manifest}: {row['path']!r} is not a file")
-        return rows, columns
+        return _decodable(folder, rows), columns
     rows = []
     for file in iter_image_files([folder]):
         if not file.is_file():  # a dangling or looping symlink, a FIFO: nothing a reviewer could look at
@@ -108,7 +110,19 @@ def load_curation_rows(folder: Path) -> tuple[list[dict[str, str]], list[str]]:
         path = relative_path(file, folder)
         parts = path.split("/")
         rows.append({"path": path, "class": parts[0] if len(parts) > 1 else ""})
-    return rows, list(MANIFEST_COLUMNS)
+    return _decodable(folder, rows), list(MANIFEST_COLUMNS)
+
+
+def _decodable(folder: Path, rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    kept = []
+    for row in rows:
+        try:
+            load_image(folder / row["path"])
+        except ImageError as error:
+            warnings.warn(f"{error.path}: {error.reason}; left out of the curation set", stacklevel=3)
+            continue
+        kept.append(row)
+    return kept
 
 
 class CurationStore:

@@ -202,9 +202,9 @@ def render_report(
                         "the predictions come from another model"
                     )
                 if row["error"]:
-                    errors.write(
-                        f"<li><code>{html.escape(row['source'])}</code>: {html.escape(row['error'])}</li>\n"
-                    )
+                    reason = row["error"].removeprefix(f"{row['source']}: ")  # predict's errors name the file
+                    source = html.escape(row["source"])
+                    errors.write(f"<li><code>{source}</code>: {html.escape(reason)}</li>\n")
                 else:
                     if thumb_size > 0:
                         row["thumb"] = thumbnail(row["source"], thumb_size, rules)

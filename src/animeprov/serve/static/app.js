@@ -41,6 +41,8 @@ async function loadModelInfo() {
     if (m.card_url === "/model-card") {
       const link = el("a", null, "model card");
       link.href = "/model-card";
+      link.target = "_blank"; // a new tab: leaving this page would lose its results
+      link.rel = "noopener";
       info.append(" · ", link);
     }
     const limits = m.limits || {};
@@ -205,6 +207,11 @@ async function analyse(file) {
     result = await predict(file, "spectrum=true");
   } catch (error) {
     status.textContent = error.message;
+    // The API names its query values; on this page they are the options of the view menu.
+    if (error.message.includes("view=pad")) {
+      status.textContent += " On this page: choose \u201cone centre crop; smaller images padded\u201d " +
+        "in the view menu above, then upload it again.";
+    }
     status.className = "status error";
     return;
   }
