@@ -222,6 +222,10 @@ def test_files_that_do_not_decode_are_left_out_with_a_warning(tmp_path: Path) ->
         store = open_store(folder, rounds=1)
     assert [item.path for item in store.all_items()] == ["gen/00.png", "gen/01.png"]
     assert sorted(Path(str(w.message).split(":")[0]).name for w in caught) == ["cut.png", "text.png"]
+    out = tmp_path / "manual.csv"
+    result = runner.invoke(cli_app, ["data", "curate", str(folder), "--export", str(out)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "warning: " in said and "cut.png: corrupt or truncated" in said
 
 
 @pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs need POSIX")

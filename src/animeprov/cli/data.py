@@ -3,6 +3,7 @@ paper's data pipeline: prompts, tags, generate, collect, curate."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -533,7 +534,8 @@ def curate(
 
     if export is not None:
         try:
-            store = open_store(folder, reviewers, db)
+            with _warnings_said():
+                store = open_store(folder, reviewers, db)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="DIR") from None
         summaries = export_curation(store, folder, export)
@@ -555,7 +557,8 @@ def curate(
 
     loopback = is_loopback(host)
     try:
-        app = create_app(folder, reviewers, db, allowed_hosts=allowed_hosts_for(host))
+        with _warnings_said():
+            app = create_app(folder, reviewers, db, allowed_hosts=allowed_hosts_for(host))
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="DIR") from None
     if not loopback:
@@ -567,6 +570,19 @@ def curate(
 def _warn(message: str) -> None:
     """A yellow "warning:" line on stderr."""
     console.print(labelled("warning:", message))
+
+
+@contextlib.contextmanager
+def _warnings_said():
+    """The library's warnings inside the block (e.g. files left out of a set) as `warning:` lines, each
+    once, instead of Python's file:line form."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:  # also before an error: they may be why (e.g. no image left to curate)
+            for warning in caught:
+                _warn(str(warning.message))
 
 
 def _parse_ratios(text: str) -> tuple[float, float, float]:
