@@ -60,3 +60,10 @@ def test_keyboard_review_survives_a_restart_and_exports(page: Page, live_server,
         out.with_suffix(".decisions.csv"))}  # fmt: skip
     assert reasons == {"set/gen/00.png": ("", ""), "set/gen/01.png": ("watermark", ""),
                        "set/gen/02.png": ("blur", ""), "set/gen/03.png": ("", "anatomy")}  # fmt: skip
+
+
+def test_a_round_beyond_the_last_says_which_round_is_shown(page: Page, live_server, tmp_path: Path) -> None:
+    url = live_server(create_app(make_set(tmp_path / "set", count=1), rounds=2, db_path=tmp_path / "d.db"))
+    page.goto(f"{url}/?round=3")
+    expect(page.locator("#status")).to_have_text("There are 2 rounds: this is round 2, not 3.")
+    expect(page.locator("#round")).to_have_value("2")

@@ -96,7 +96,8 @@ async function start() {
   const config = await api("/api/config");
   state.rounds = config.rounds;
   state.reasons = config.reasons;
-  state.round = Math.min(roundFromUrl(), config.rounds);
+  const asked = roundFromUrl();
+  state.round = Math.min(asked, config.rounds);
   for (let r = 1; r <= config.rounds; r++) {
     const option = new Option(`${r}`, `${r}`, r === state.round, r === state.round);
     $("round").add(option);
@@ -119,6 +120,9 @@ async function start() {
   $("undo").addEventListener("click", back);
   document.addEventListener("keydown", onKey);
   await loadNext();
+  if (asked > config.rounds) {
+    $("status").textContent = `There are ${config.rounds} rounds: this is round ${state.round}, not ${asked}.`;
+  }
   document.body.dataset.ready = "1";
 }
 
