@@ -1,4 +1,5 @@
-"""A shareable scan report: one self-contained HTML file from `animeprov predict` JSON lines.
+"""A scan report: one self-contained HTML file from `animeprov predict` JSON lines. It names the files, the
+predictions file and the run by the paths they were given as (check them before passing the page on).
 
 `render_report(preds.jsonl, scan.html)` reads the predictions line by line: each row becomes a compact JSON
 object (with a small WebP thumbnail as a data URI, and the heatmap overlay when `predict --heatmaps` wrote
