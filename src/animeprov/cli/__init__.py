@@ -44,7 +44,7 @@ def _options(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Tell human-drawn from generated anime images, and which generator made them."""
+    """The options before any command; the app's help text is the Typer's own."""
 
 
 model_commands.register(app)  # models, train, evaluate, demo

@@ -197,8 +197,7 @@ def split(
     if by is not None:
         _split_by_column(manifest, rows, columns, available, out, ratio_values, seed, by)
         return
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _warnings_said():
         selected = split_manifest(
             rows,
             ratios=ratio_values,
@@ -207,8 +206,6 @@ def split(
             group_column=group_column,
             drop_conflicts=drop_conflicts,
         )
-    for warning in caught:
-        _warn(str(warning.message))
 
     fieldnames = [name for name in columns if name != SPLIT_COLUMN] + [SPLIT_COLUMN]
     write_rows(out, selected, fieldnames, source_csv=manifest)
