@@ -15,7 +15,8 @@ on a split of JPEG images of that size, and reads metrics.jsonl:
 Baselines in the same run: the paper's recipe (cnn-dct-mask on one centre crop of the image size), and
 `pretrained+whole-augment`, the default recipe augmenting the whole image for every patch as it did before
 large images were augmented on each patch's neighbourhood alone (dataset.NEIGHBOURHOOD_AREA_RATIO; the
-same for 256 px images). A `+neighbourhood-augment` suffix tries the other way: every image larger than a
+same for 256 px images). `+FIELD=VALUE` suffixes override recipe fields (`pretrained+variant=effnet-pixel`).
+A `+neighbourhood-augment` suffix tries the other way: every image larger than a
 patch's neighbourhood augmented on it alone, 256 px ones too (tried on held-out sources and not adopted:
 docs/results/generalisation.md). Targets (issue "Speed"): default recipe >= 150 images/s at 256 px and >= 45
 at 512 px on 2 cores.
@@ -91,7 +92,7 @@ def make_split(folder: Path, size: int, count: int, seed: int = 0) -> Path:
 def child(args: argparse.Namespace) -> None:
     """One training run; prints {"views_per_image", "epochs": [...], "peak_rss_mb"}."""
     from animeprov.data import dataset
-    from animeprov.recipe import train_config
+    from animeprov.recipe import parse_settings, train_config
     from animeprov.train import train
 
     recipe = args.recipe
@@ -99,7 +100,8 @@ def child(args: argparse.Namespace) -> None:
         if recipe.endswith(suffix):
             recipe = recipe.removesuffix(suffix)
             dataset.NEIGHBOURHOOD_AREA_RATIO = ratio
-    overrides = {"epochs": args.epochs, "patience": args.epochs}
+    recipe, *settings = recipe.split("+")  # e.g. pretrained+variant=effnet-pixel
+    overrides = {**parse_settings(settings), "epochs": args.epochs, "patience": args.epochs}
     if recipe == "paper":
         overrides["size"] = args.size  # the paper's recipe: one crop of the whole image size
     config = train_config(

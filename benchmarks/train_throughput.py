@@ -62,7 +62,8 @@ TARGETS = {
     ("effnet-pixel", 64): 600,
 }
 # per backbone: the paper's sizes for cnn and xception, the recipes' 64 px patches for the others
-DEFAULT_SIZES = {"cnn": [256, 512], "xception": [128], "pooled-cnn": [64], "efficientnet-lite0": [64]}
+DEFAULT_SIZES = {"cnn": [256, 512], "xception": [128]}
+OTHER_SIZES = [64]
 
 
 def training_step(
@@ -228,7 +229,7 @@ def main() -> None:
     grid = [
         (variant, size, malloc, precision, optimizer, memory_format)
         for variant in args.variants
-        for size in args.sizes or DEFAULT_SIZES[get_variant(variant).backbone]
+        for size in args.sizes or DEFAULT_SIZES.get(get_variant(variant).backbone, OTHER_SIZES)
         for malloc, precision, optimizer, memory_format in itertools.product(
             mallocs, args.precisions, args.optimizers, args.formats
         )

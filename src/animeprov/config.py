@@ -50,7 +50,7 @@ class VariantSpec:
     output."""
 
     name: str
-    backbone: str  # "cnn" | "pooled-cnn" | "xception" | "efficientnet-lite0"
+    backbone: str  # "cnn" | "pooled-cnn" | "xception" | "efficientnet-lite0[-4|-5]"
     stem: str  # "pixel" | "dct" | "npr" | "highpass" | "npr-dct" | "highpass-dct" (transforms/stem.py)
     attention: bool  # CBAM on the stem output (the paper's "Mask")
 
@@ -75,6 +75,10 @@ VARIANTS: dict[str, VariantSpec] = {
         # at about the same scale, and BatchNorm right after the first conv absorbs what remains.
         VariantSpec("effnet-pixel", "efficientnet-lite0", "pixel", False),
         VariantSpec("effnet-npr", "efficientnet-lite0", "npr", False),
+        # Its first 4 or 5 of 7 stages (80 or 112 channels pooled): training steps on 64 px patches about 2x
+        # or 1.5x as fast, but more false accusations on unseen sources (docs/results/generalisation.md).
+        VariantSpec("effnet4-pixel", "efficientnet-lite0-4", "pixel", False),
+        VariantSpec("effnet5-pixel", "efficientnet-lite0-5", "pixel", False),
     )
 }
 

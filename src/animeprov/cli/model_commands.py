@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
 from animeprov.cli.errors import fail
 from animeprov.config import DEFAULT_HUMAN_CLASS, VARIANTS
 from animeprov.progress import console, labelled, stdout
+
+# No column rules, so that whole names and values fit 80 columns (rich cuts what does not fit with "…"):
+# a variant's name or a recipe's value is what a user types.
+COMPACT_TABLE = {"box": box.SIMPLE_HEAD, "collapse_padding": True, "pad_edge": False}
 
 
 def models(
@@ -21,10 +26,17 @@ def models(
     from animeprov.models.registry import model_summary
     from animeprov.recipe import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES
 
-    table = Table(title=f"animeprov variants at {size}x{size}, {num_classes} classes")
-    for column in ("variant", "backbone", "stem", "CBAM", "parameters", "GFLOPs/image"):
-        table.add_column(column, justify="right" if column in ("parameters", "GFLOPs/image") else "left")
-    for row in model_summary(size, num_classes):
+    rows = model_summary(size, num_classes)
+    table = Table(
+        title=f"animeprov variants at {size}x{size}, {num_classes} classes, GFLOPs per image", **COMPACT_TABLE
+    )
+    table.add_column("variant", min_width=max(len(row["name"]) for row in rows))
+    table.add_column("backbone", overflow="fold")
+    for column in ("stem", "CBAM"):
+        table.add_column(column)
+    for column in ("parameters", "GFLOPs"):
+        table.add_column(column, justify="right")
+    for row in rows:
         table.add_row(
             row["name"],
             row["backbone"],
@@ -34,10 +46,12 @@ def models(
             f"{row['gflops']:.3f}",
         )
     stdout.print(table)
-    recipes = Table(title=f"training recipes (`train --recipe NAME`; default {DEFAULT_RECIPE})")
-    recipes.add_column("field")
+    recipes = Table(
+        title=f"training recipes (`train --recipe NAME`; default {DEFAULT_RECIPE})", **COMPACT_TABLE
+    )
+    recipes.add_column("field", min_width=max(map(len, RECIPE_FIELDS)))
     for name in RECIPES:
-        recipes.add_column(name + (" (default)" if name == DEFAULT_RECIPE else ""))
+        recipes.add_column(name + (" (default)" if name == DEFAULT_RECIPE else ""), overflow="fold")
     for field in RECIPE_FIELDS:
         recipes.add_row(field, *(str(RECIPES[name][field]) for name in RECIPES))
     stdout.print(recipes)

