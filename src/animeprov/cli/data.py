@@ -162,7 +162,14 @@ def split(
 ) -> None:
     """Split a manifest into train/val/test: balanced per class, groups never divided (or, with --by,
     whole sources held out)."""
-    from animeprov.data.manifest import SPLIT_COLUMN, SPLITS, read_columns, read_rows, write_rows
+    from animeprov.data.manifest import (
+        SPLIT_COLUMN,
+        SPLITS,
+        column_as_read,
+        read_columns,
+        read_rows,
+        write_rows,
+    )
     from animeprov.data.split import split_counts, split_manifest, split_table
 
     ratio_values = _parse_ratios(ratios)
@@ -174,8 +181,7 @@ def split(
         columns = read_columns(manifest)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="MANIFEST") from None
-    if group_column == "file" and "path" in columns:
-        group_column = "path"  # a `file` column is read as `path` (manifest.read_columns)
+    group_column = column_as_read(group_column, columns)
     needed = {"class": "MANIFEST"} | ({by: "--by"} if by is not None else {group_column: "--group-column"})
     for name, hint in needed.items():
         if name not in columns:

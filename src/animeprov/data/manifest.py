@@ -40,6 +40,12 @@ def read_columns(csv_path: str | Path) -> list[str]:
     return _normalise_header(header, csv_path)
 
 
+def column_as_read(name: str, columns: Sequence[str]) -> str:
+    """The name under which `read_columns` / `read_rows` give a CSV's column `name` (`file` is read as
+    `path`), so that a user may name a column as the CSV's header does."""
+    return "path" if name in _PATH_ALIASES and name not in columns else name
+
+
 def read_rows(csv_path: str | Path) -> Iterator[dict[str, str]]:
     """Stream the rows of a manifest as dicts (one row in memory at a time).
 
