@@ -6,7 +6,10 @@ before calibration: the ranking and the 0.5 decision that calibration keeps) is 
 sub-grid `--max-tiles K` keeps (`io.tile_grid`) for each K in `--budgets`, and over every tile, as
 `predict` pools (`engine.pool_views`). For comparison, every tile is also pooled as before calibration
 format 3 (`every_tile_pooled_per_class`: the softmax of the mean log-probabilities), and the seeds' models
-are pooled together (`seed_ensemble`: the mean of each seed's pooled detection logit).
+are pooled together (`seed_ensemble`: the mean of each seed's pooled detection logit, every tile judged by
+every model: the cost of three models). `dealt_seed_ensemble_every_tile` and `..._max_tiles_K` have the
+seeds' models share the work of one: the tiles a budget keeps are dealt out in turn (the first to seed 0's
+model, the second to seed 1's, ...), each judged by one model, and all of them pooled as one image's views.
 Pooled over folds, per seed: ROC-AUC, balanced accuracy at 0.5 and the best balanced accuracy any one
 threshold would give on these images (a ceiling, not a result); then mean and sd over seeds.
 
@@ -163,6 +166,28 @@ def seed_ensemble(images: list[dict]) -> dict:
     return {"seeds": seeds, "n": len(paths), **detection_figures(np.array([generated[x] for x in paths]), p)}
 
 
+def dealt_seed_ensemble(images: list[dict], max_tiles: int | None) -> dict:
+    """The seeds' models at the cost of one: each kept tile judged by one model, dealt out in turn."""
+    by_path = defaultdict(dict)
+    for image in images:
+        by_path[image["path"]][image["seed"]] = image
+    seeds = sorted({image["seed"] for image in images})
+    p, generated = [], []
+    for judged in by_path.values():
+        if len(judged) < len(seeds):
+            continue
+        first = judged[seeds[0]]  # the same image and tiles under every seed
+        position = {corner: i for i, corner in enumerate(first["corners"])}
+        kept = [position[corner] for corner in tile_grid(*first["shape"], first["size"], max_tiles)]
+        log_probs = np.concatenate(
+            [judged[seed]["log_probs"][kept[turn :: len(seeds)]] for turn, seed in enumerate(seeds)]
+        )
+        pooled = pool_views(log_probs, np.zeros(len(log_probs), dtype=np.intp), first["human"])
+        p.append(1.0 - pooled[0, first["human"]])
+        generated.append(first["generated"])
+    return {"seeds": len(seeds), "n": len(p), **detection_figures(np.array(generated), np.array(p))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -185,8 +210,10 @@ def main() -> None:
         "every_tile_pooled_per_class": figures(images, None, per_class=True),
         "seed_ensemble": seed_ensemble(images),
     }
+    report["dealt_seed_ensemble_every_tile"] = dealt_seed_ensemble(images, None)
     for budget in (int(b) for b in args.budgets.split(",")):
         report[f"max_tiles_{budget}"] = figures(images, budget)
+        report[f"dealt_seed_ensemble_max_tiles_{budget}"] = dealt_seed_ensemble(images, budget)
     print(json.dumps(report, indent=1))
 
 

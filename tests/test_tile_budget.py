@@ -105,3 +105,31 @@ def test_the_best_threshold_is_a_ceiling_on_balanced_accuracy():
     figures = tile_budget.detection_figures(generated, p)
     assert figures["balanced_accuracy"] == pytest.approx((1 / 3 + 1) / 2)
     assert figures["best_threshold_balanced_accuracy"] == 1.0 and figures["roc_auc"] == 1.0
+
+
+def test_a_dealt_ensemble_judges_each_kept_tile_with_one_model_in_turn():
+    def dealt_to(seed: int, generated: bool, budget: int | None) -> dict:
+        """Seed `seed`'s model says generated (log-odds 4) on the tiles dealt to it in turn, and strongly
+        human (-100) on the others: right only if each tile goes to its own model."""
+        one = image(generated, 0.0, seed)
+        kept = tile_grid(128, 128, 32, budget)
+        mine = set(kept[seed::2])
+        odds = [4.0 if corner in mine else -100.0 for corner in one["corners"]]
+        if not generated:
+            odds = [-3.0] * len(odds)
+        one["log_probs"] = np.array([[-np.logaddexp(0, o), -np.logaddexp(0, -o)] for o in odds])
+        one["path"] = str(generated)
+        return one
+
+    for budget in (None, 4):
+        images = [dealt_to(seed, generated, budget) for seed in (0, 1) for generated in (True, False)]
+        assert tile_budget.dealt_seed_ensemble(images, budget) == {
+            "seeds": 2,
+            "n": 2,
+            "roc_auc": 1.0,
+            "balanced_accuracy": 1.0,
+            "best_threshold_balanced_accuracy": 1.0,
+        }
+        # either model alone, or both over every tile, is swayed by the -100s: the generated image passes
+        assert tile_budget.figures(images, budget)["balanced_accuracy"]["mean"] == 0.5
+        assert tile_budget.seed_ensemble(images)["balanced_accuracy"] == 0.5
