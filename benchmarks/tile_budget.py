@@ -117,15 +117,22 @@ def mosaics(images: list[dict]) -> list[dict]:
     return made
 
 
+def kept_rows(image: dict, max_tiles: int | None) -> list[int]:
+    """The rows of `image["log_probs"]` of the tiles `--max-tiles` keeps, in `io.tile_grid`'s order."""
+    row = {corner: i for i, corner in enumerate(image["corners"])}
+    return [row[corner] for corner in tile_grid(*image["shape"], image["size"], max_tiles)]
+
+
+def pooled_p_generated(log_probs: np.ndarray, human: int) -> float:
+    """One image's P(generated) from its views' log-probabilities, as `predict` pools them."""
+    return float(1.0 - pool_views(log_probs, np.zeros(len(log_probs), dtype=np.intp), human)[0, human])
+
+
 def p_generated(image: dict, max_tiles: int | None, per_class: bool = False) -> float:
-    kept = set(tile_grid(*image["shape"], image["size"], max_tiles))
-    log_probs = image["log_probs"][[i for i, corner in enumerate(image["corners"]) if corner in kept]]
+    log_probs = image["log_probs"][sorted(kept_rows(image, max_tiles))]
     if per_class:
         return float(1.0 - softmax(log_probs.mean(axis=0))[image["human"]])
-    return float(
-        1.0
-        - pool_views(log_probs, np.zeros(len(log_probs), dtype=np.intp), image["human"])[0, image["human"]]
-    )
+    return pooled_p_generated(log_probs, image["human"])
 
 
 def detection_figures(generated: np.ndarray, p: np.ndarray) -> dict:
@@ -177,13 +184,11 @@ def dealt_seed_ensemble(images: list[dict], max_tiles: int | None) -> dict:
         if len(judged) < len(seeds):
             continue
         first = judged[seeds[0]]  # the same image and tiles under every seed
-        position = {corner: i for i, corner in enumerate(first["corners"])}
-        kept = [position[corner] for corner in tile_grid(*first["shape"], first["size"], max_tiles)]
+        kept = kept_rows(first, max_tiles)
         log_probs = np.concatenate(
             [judged[seed]["log_probs"][kept[turn :: len(seeds)]] for turn, seed in enumerate(seeds)]
         )
-        pooled = pool_views(log_probs, np.zeros(len(log_probs), dtype=np.intp), first["human"])
-        p.append(1.0 - pooled[0, first["human"]])
+        p.append(pooled_p_generated(log_probs, first["human"]))
         generated.append(first["generated"])
     return {"seeds": len(seeds), "n": len(p), **detection_figures(np.array(generated), np.array(p))}
 
